@@ -1,0 +1,78 @@
+//! The logged-in user of this tab, and how login and logout reach the socket
+//! and the other tabs.
+
+use leptos::prelude::*;
+use tether_protocol::{AuthResponse, TicketResponse, User};
+
+use crate::api;
+use crate::socket::Socket;
+
+#[derive(Clone, Copy)]
+pub struct Auth {
+    pub user: RwSignal<Option<User>>,
+}
+
+pub fn use_auth() -> Auth {
+    expect_context::<Auth>()
+}
+
+/// Tabs of one browser tell each other about a login over this channel.
+#[cfg(feature = "hydrate")]
+const CHANNEL: &str = "tether-auth";
+
+/// After `POST /api/auth/login` or `register`: binds the open socket with the
+/// ticket (no reconnect) and tells the other tabs.
+pub async fn complete_login(socket: Socket, response: AuthResponse) {
+    socket.auth.user.set(Some(response.user));
+    if let Err(error) = socket.login(response.ticket).await {
+        socket.note("error", format!("login frame: {}", error.message));
+    }
+    announce_login();
+}
+
+/// Unbinds this socket, then ends the session (the server unbinds the
+/// session's sockets in other tabs with `unbound` reason `logout`).
+pub async fn logout(socket: Socket) {
+    if let Err(error) = socket.logout().await {
+        socket.note("error", format!("logout frame: {}", error.message));
+    }
+    let _ = api::call::<()>("POST", "/api/auth/logout").await;
+    socket.auth.user.set(None);
+}
+
+fn announce_login() {
+    #[cfg(feature = "hydrate")]
+    if let Ok(channel) = web_sys::BroadcastChannel::new(CHANNEL) {
+        let _ = channel.post_message(&"login".into());
+        channel.close();
+    }
+}
+
+/// When another tab logs in, this tab fetches a ticket for the shared
+/// cookie's session and binds its own socket with it.
+pub fn follow_other_tabs(socket: Socket) {
+    #[cfg(feature = "hydrate")]
+    {
+        use wasm_bindgen::closure::Closure;
+        use wasm_bindgen::JsCast;
+        let Ok(channel) = web_sys::BroadcastChannel::new(CHANNEL) else { return };
+        let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |_: web_sys::MessageEvent| {
+            leptos::task::spawn_local(async move {
+                match api::call::<TicketResponse>("POST", "/api/auth/ticket").await {
+                    Ok(TicketResponse { ticket }) => {
+                        if let Ok(user) = socket.login(ticket).await {
+                            socket.auth.user.set(Some(user));
+                        }
+                    }
+                    Err(error) => socket.note("error", format!("ticket: {}", error.message)),
+                }
+            });
+        });
+        channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        // Both live as long as the page.
+        on_message.forget();
+        std::mem::forget(channel);
+    }
+    #[cfg(not(feature = "hydrate"))]
+    let _ = (socket, std::marker::PhantomData::<TicketResponse>);
+}

@@ -1,0 +1,225 @@
+//! WebSocket frames: one JSON text frame each, tagged by `type`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{ErrorBody, Member, Room, Sender, User};
+
+/// A frame sent by a client. `ref` travels beside it (see [`ClientEnvelope`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Login { ticket: String },
+    Logout,
+    Whoami,
+    Join { room: String },
+    Leave { room: String },
+    Send { room: String, text: String },
+    Ping,
+}
+
+/// A client frame as parsed from the wire: the frame, or why it is not one,
+/// and the `ref` to answer to when it carried a usable one.
+#[derive(Debug)]
+pub struct ClientEnvelope {
+    pub reference: Option<i64>,
+    pub frame: Result<ClientFrame, String>,
+}
+
+impl ClientEnvelope {
+    /// Parses a text frame. `None` when the text is not a JSON object at all.
+    pub fn parse(text: &str) -> Option<ClientEnvelope> {
+        let Value::Object(mut fields) = serde_json::from_str::<Value>(text).ok()? else {
+            return None;
+        };
+        let reference = fields.remove("ref").and_then(|r| r.as_i64());
+        let frame = serde_json::from_value(Value::Object(fields)).map_err(|e| e.to_string());
+        Some(ClientEnvelope { reference, frame })
+    }
+
+    /// Serializes a client frame with its `ref`, as a client sends it.
+    pub fn encode(frame: &ClientFrame, reference: i64) -> String {
+        let mut fields = crate::to_fields(frame);
+        fields.insert("ref".into(), reference.into());
+        Value::Object(fields).to_string()
+    }
+}
+
+/// A chat message as sent in `message` frames and join history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub room: String,
+    pub id: String,
+    pub from: Sender,
+    pub text: String,
+    pub at: String,
+}
+
+/// Why the server took a socket's user away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnbindReason {
+    Logout,
+    Expired,
+    Revoked,
+}
+
+impl UnbindReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnbindReason::Logout => "logout",
+            UnbindReason::Expired => "expired",
+            UnbindReason::Revoked => "revoked",
+        }
+    }
+}
+
+/// A frame sent by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        socket_id: String,
+        user: Option<User>,
+        guest_name: Option<String>,
+        expires_at: Option<i64>,
+    },
+    Ack {
+        #[serde(rename = "ref")]
+        reference: i64,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+        /// The success fields of the answered frame (see the `*Ack` types).
+        #[serde(flatten)]
+        fields: Map<String, Value>,
+    },
+    Bound {
+        user: User,
+        expires_at: Option<i64>,
+    },
+    Unbound {
+        reason: UnbindReason,
+    },
+    Message(ChatMessage),
+    Event {
+        topic: String,
+        data: Value,
+    },
+    Presence {
+        room: String,
+        members: Vec<Member>,
+    },
+    Error(ErrorBody),
+}
+
+impl ServerFrame {
+    pub fn ack_ok(reference: i64, fields: Map<String, Value>) -> ServerFrame {
+        ServerFrame::Ack { reference, ok: true, error: None, fields }
+    }
+
+    pub fn ack_err(reference: i64, error: ErrorBody) -> ServerFrame {
+        ServerFrame::Ack { reference, ok: false, error: Some(error), fields: Map::new() }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+/// Success fields of the `login` ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginAck {
+    pub user: User,
+}
+
+/// Success fields of the `whoami` ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoamiAck {
+    pub user: Option<User>,
+    pub guest_name: Option<String>,
+}
+
+/// Success fields of the `join` ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAck {
+    pub room: Room,
+    pub history: Vec<ChatMessage>,
+}
+
+/// Success fields of the `send` ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAck {
+    pub id: String,
+}
+
+/// Event topics and their audiences are decided by the server; these are the names.
+pub mod topic {
+    pub const ROOM_CREATED: &str = "room.created";
+    pub const USER_REGISTERED: &str = "user.registered";
+    /// Extension: a socket connected or disconnected (admins only).
+    pub const SOCKETS_CHANGED: &str = "sockets.changed";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Role;
+
+    #[test]
+    fn client_frame_with_ref_round_trips() {
+        let text = ClientEnvelope::encode(&ClientFrame::Login { ticket: "t1".into() }, 7);
+        let parsed = ClientEnvelope::parse(&text).unwrap();
+        assert_eq!(parsed.reference, Some(7));
+        assert_eq!(parsed.frame.unwrap(), ClientFrame::Login { ticket: "t1".into() });
+    }
+
+    #[test]
+    fn unknown_type_and_missing_fields_are_errors_that_keep_the_ref() {
+        let unknown = ClientEnvelope::parse(r#"{"type":"fly","ref":3}"#).unwrap();
+        assert_eq!(unknown.reference, Some(3));
+        assert!(unknown.frame.is_err());
+        let missing = ClientEnvelope::parse(r#"{"type":"join"}"#).unwrap();
+        assert_eq!(missing.reference, None);
+        assert!(missing.frame.is_err());
+        assert!(ClientEnvelope::parse("[1,2]").is_none());
+        assert!(ClientEnvelope::parse("not json").is_none());
+    }
+
+    #[test]
+    fn a_non_integer_ref_is_not_usable() {
+        let parsed = ClientEnvelope::parse(r#"{"type":"ping","ref":"x"}"#).unwrap();
+        assert_eq!(parsed.reference, None);
+        assert_eq!(parsed.frame.unwrap(), ClientFrame::Ping);
+    }
+
+    #[test]
+    fn server_frames_have_the_contract_shape() {
+        let user = User { id: "u1".into(), name: "Ann".into(), email: "a@x.io".into(), role: Role::Admin };
+        let ack = ServerFrame::ack_ok(4, crate::to_fields(&WhoamiAck { user: None, guest_name: Some("guest-1".into()) }));
+        assert_eq!(
+            serde_json::to_value(&ack).unwrap(),
+            serde_json::json!({"type":"ack","ref":4,"ok":true,"user":null,"guest_name":"guest-1"})
+        );
+        let failed = ServerFrame::ack_err(5, ErrorBody::new("invalid_ticket", "nope"));
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            serde_json::json!({"type":"ack","ref":5,"ok":false,"error":{"code":"invalid_ticket","message":"nope"}})
+        );
+        let bound = ServerFrame::Bound { user, expires_at: Some(10) };
+        assert_eq!(serde_json::to_value(&bound).unwrap()["user"]["role"], "admin");
+        let unbound = ServerFrame::Unbound { reason: UnbindReason::Revoked };
+        assert_eq!(unbound.to_json(), r#"{"type":"unbound","reason":"revoked"}"#);
+        let error = ServerFrame::Error(ErrorBody::new("bad_frame", "x"));
+        assert_eq!(error.to_json(), r#"{"type":"error","code":"bad_frame","message":"x"}"#);
+        let msg = ServerFrame::Message(ChatMessage {
+            room: "r".into(),
+            id: "1".into(),
+            from: Sender { id: None, name: "guest-2".into() },
+            text: "hi".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+        });
+        let back: ServerFrame = serde_json::from_str(&msg.to_json()).unwrap();
+        assert_eq!(back, msg);
+    }
+}

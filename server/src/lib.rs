@@ -1,0 +1,144 @@
+//! The Tether server: accounts, the bound WebSocket and its registry, rooms.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod origin;
+pub mod rooms;
+pub mod site;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::routing::get;
+use axum::{middleware, Router};
+use leptos::config::LeptosOptions;
+use sqlx::SqlitePool;
+use tether_protocol::MAX_BODY_BYTES;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use auth::throttle::LoginThrottle;
+use auth::token::Keys;
+use config::Settings;
+use error::ApiError;
+use ws::Registry;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: SqlitePool,
+    pub settings: Arc<Settings>,
+    pub keys: Arc<Keys>,
+    pub registry: Arc<Registry>,
+    pub throttle: Arc<LoginThrottle>,
+    /// Verified against when a login names an unknown email.
+    pub decoy_hash: Arc<str>,
+    pub leptos: LeptosOptions,
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(state: &AppState) -> Self {
+        state.leptos.clone()
+    }
+}
+
+/// Why the server could not start; printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("data directory {path} is not writable: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start: {0}")]
+    Other(String),
+}
+
+impl AppState {
+    pub async fn new(settings: Settings) -> Result<AppState, StartupError> {
+        let data_dir = settings.data_dir.clone();
+        let data_dir_error = |source| StartupError::DataDir { path: data_dir.clone(), source };
+        std::fs::create_dir_all(&data_dir).map_err(data_dir_error)?;
+        let probe = data_dir.join(".write-test");
+        std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)).map_err(data_dir_error)?;
+        let secret = auth::token::load_or_create_secret(settings.jwt_secret.as_deref(), &data_dir).map_err(data_dir_error)?;
+        let db = db::connect(&settings.database_url).await?;
+        let decoy_hash = auth::password::decoy().await.map_err(|e| StartupError::Other(e.to_string()))?;
+        Ok(AppState {
+            db,
+            keys: Arc::new(Keys::new(&secret)),
+            registry: Arc::new(Registry::new(settings.allow_guests)),
+            throttle: Arc::default(),
+            decoy_hash: decoy_hash.into(),
+            leptos: settings.leptos.clone(),
+            settings: Arc::new(settings),
+        })
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(auth::router())
+        .merge(rooms::router())
+        .merge(admin::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::BadRequest("method not allowed here".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), origin::refuse_foreign_writes));
+    Router::new()
+        .nest("/api", api)
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(site::router(&state))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until SIGTERM or Ctrl-C, then closes every socket with 1001.
+pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    let registry = state.registry.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        registry.close_all();
+        // Give the sockets a moment to write their close frames.
+        for _ in 0..40 {
+            if registry.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,93 @@
+//! `GET /ws`: the cookie-authenticated upgrade, and the registry behind it.
+
+pub mod registry;
+mod socket;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use tether_protocol::{close_code, ServerFrame, UnbindReason, MAX_BODY_BYTES};
+
+pub use registry::{Audience, Binding, Registry};
+
+use crate::auth::{session_from_headers, store::Session};
+use crate::error::ApiError;
+use crate::origin::has_allowed_origin;
+use crate::AppState;
+
+/// Per-socket read buffer: tungstenite's default reserves 128 KiB.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // Checked before anything else: browsers send Origin on every WebSocket
+    // handshake, so a missing one is not a browser we serve.
+    if !has_allowed_origin(&state, &headers) {
+        return ApiError::ForbiddenOrigin.into_response();
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return ApiError::BadRequest(rejection.body_text()).into_response(),
+    };
+    let session = match session_from_headers(&state, &headers).await {
+        Ok(session) => session,
+        Err(error) => return error.into_response(),
+    };
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(MAX_BODY_BYTES)
+        .max_frame_size(MAX_BODY_BYTES)
+        .on_upgrade(move |mut socket| async move {
+            if session.is_none() && !state.registry.allow_guests() {
+                let close = CloseFrame { code: close_code::NOT_AUTHENTICATED, reason: "not_authenticated".into() };
+                let _ = socket.send(Message::Close(Some(close))).await;
+                return;
+            }
+            socket::run(state, socket, session).await
+        })
+}
+
+/// The caller's own live sockets, for HTTP handlers: the sockets bound
+/// through the session of the request's cookie (none for a guest).
+pub struct CallerSockets {
+    state: AppState,
+    session: Option<Session>,
+}
+
+impl CallerSockets {
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// Sends a frame to every socket of the caller's session.
+    pub fn emit(&self, frame: &ServerFrame) -> usize {
+        match &self.session {
+            Some(session) => self.state.registry.emit(Audience::Session(&session.id), frame),
+            None => 0,
+        }
+    }
+
+    /// Ends the caller's session on its sockets: each gets `unbound` with `reason`.
+    pub fn unbind(&self, reason: UnbindReason) {
+        if let Some(session) = &self.session {
+            self.state.registry.revoke_session(&session.id, session.expires_at, reason);
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for CallerSockets {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let session = session_from_headers(state, &parts.headers).await?;
+        Ok(CallerSockets { state: state.clone(), session })
+    }
+}
