@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! Tether's Leptos app: pages and components, rendered on the server (`ssr`)
 //! and hydrated in the browser (`hydrate`).
 

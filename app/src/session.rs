@@ -20,6 +20,13 @@ pub fn use_auth() -> Auth {
 #[cfg(feature = "hydrate")]
 const CHANNEL: &str = "tether-auth";
 
+#[cfg(feature = "hydrate")]
+thread_local! {
+    /// One channel object per tab, for posting and listening alike: a post
+    /// reaches every other object on the channel, never the one that sent it.
+    static TAB_CHANNEL: Option<web_sys::BroadcastChannel> = web_sys::BroadcastChannel::new(CHANNEL).ok();
+}
+
 /// After `POST /api/auth/login` or `register`: binds the open socket with the
 /// ticket (no reconnect) and tells the other tabs.
 pub async fn complete_login(socket: Socket, response: AuthResponse) {
@@ -42,10 +49,11 @@ pub async fn logout(socket: Socket) {
 
 fn announce_login() {
     #[cfg(feature = "hydrate")]
-    if let Ok(channel) = web_sys::BroadcastChannel::new(CHANNEL) {
-        let _ = channel.post_message(&"login".into());
-        channel.close();
-    }
+    TAB_CHANNEL.with(|channel| {
+        if let Some(channel) = channel {
+            let _ = channel.post_message(&"login".into());
+        }
+    });
 }
 
 /// When another tab logs in, this tab fetches a ticket for the shared
@@ -55,7 +63,6 @@ pub fn follow_other_tabs(socket: Socket) {
     {
         use wasm_bindgen::closure::Closure;
         use wasm_bindgen::JsCast;
-        let Ok(channel) = web_sys::BroadcastChannel::new(CHANNEL) else { return };
         let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |_: web_sys::MessageEvent| {
             leptos::task::spawn_local(async move {
                 match api::call::<TicketResponse>("POST", "/api/auth/ticket").await {
@@ -68,10 +75,13 @@ pub fn follow_other_tabs(socket: Socket) {
                 }
             });
         });
-        channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        // Both live as long as the page.
+        TAB_CHANNEL.with(|channel| {
+            if let Some(channel) = channel {
+                channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+            }
+        });
+        // The handler lives as long as the page.
         on_message.forget();
-        std::mem::forget(channel);
     }
     #[cfg(not(feature = "hydrate"))]
     let _ = (socket, std::marker::PhantomData::<TicketResponse>);
