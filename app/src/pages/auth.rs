@@ -2,7 +2,7 @@
 
 use leptos::prelude::*;
 use leptos_router::components::A;
-use leptos_router::hooks::use_navigate;
+use leptos_router::hooks::{use_navigate, use_query_map};
 use tether_protocol::{AuthResponse, ErrorBody, LoginRequest, RegisterRequest};
 
 use crate::api;
@@ -24,9 +24,22 @@ impl FormState {
     }
 }
 
-/// Runs an auth request; on success binds the socket and goes home, on failure shows the error.
+/// Where to go after logging in: the `next` query parameter when it is a
+/// path on this site, else home.
+fn next_path() -> Memo<String> {
+    let query = use_query_map();
+    Memo::new(move |_| {
+        query
+            .with(|q| q.get("next"))
+            .filter(|next| next.starts_with('/') && !next.starts_with("//"))
+            .unwrap_or_else(|| "/".into())
+    })
+}
+
+/// Runs an auth request; on success binds the socket and goes to `next`, on failure shows the error.
 fn submit(
     form: FormState,
+    next: String,
     navigate: impl Fn(&str, leptos_router::NavigateOptions) + 'static,
     request: impl std::future::Future<Output = Result<AuthResponse, ErrorBody>> + 'static,
 ) {
@@ -37,7 +50,7 @@ fn submit(
         match request.await {
             Ok(response) => {
                 complete_login(socket, response).await;
-                navigate("/", Default::default());
+                navigate(&next, Default::default());
             }
             Err(e) => error.set(Some(e.message)),
         }
@@ -61,10 +74,11 @@ pub fn LoginPage() -> impl IntoView {
     let form = FormState::new();
     let (error, busy) = (form.error, form.busy);
     let navigate = use_navigate();
+    let next = next_path();
     let on_submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let body = LoginRequest { email: email.get_untracked(), password: password.get_untracked() };
-        submit(form, navigate.clone(), async move { api::post("/api/auth/login", &body).await });
+        submit(form, next.get_untracked(), navigate.clone(), async move { api::post("/api/auth/login", &body).await });
     };
     view! {
         <section class="card narrow">
@@ -90,6 +104,7 @@ pub fn RegisterPage() -> impl IntoView {
     let form = FormState::new();
     let (error, busy) = (form.error, form.busy);
     let navigate = use_navigate();
+    let next = next_path();
     let on_submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let body = RegisterRequest {
@@ -97,7 +112,7 @@ pub fn RegisterPage() -> impl IntoView {
             name: name.get_untracked(),
             password: password.get_untracked(),
         };
-        submit(form, navigate.clone(), async move { api::post("/api/auth/register", &body).await });
+        submit(form, next.get_untracked(), navigate.clone(), async move { api::post("/api/auth/register", &body).await });
     };
     view! {
         <section class="card narrow">

@@ -181,9 +181,10 @@ pub fn RoomPage() -> impl IntoView {
             </div>
             <Show
                 when=move || socket.user.get().is_some()
-                fallback=|| view! {
+                fallback=move || view! {
                     <p class="notice" data-testid="login-prompt">
-                        "Guests can read along. " <A href="/login">"Log in"</A> " to send messages."
+                        "Guests can read along. " <A href=format!("/login?next=/rooms/{}", code.get())>"Log in"</A>
+                        " to send messages."
                     </p>
                 }
             >
