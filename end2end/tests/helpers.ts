@@ -104,3 +104,8 @@ export async function submitLogin(page: Page, email: string, password: string): 
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Log in', exact: true }).click();
 }
+
+/** The site header (banner); its "Log in"/"Register" links, unlike the home page's greeting links. */
+export const header = (page: Page): Locator => page.getByRole('banner');
+export const headerLink = (page: Page, name: string): Locator =>
+  header(page).getByRole('link', { name, exact: true });

@@ -2,6 +2,7 @@
 //! through `oneshot` on the same state, and real WebSocket clients.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -185,13 +186,15 @@ impl TestServer {
         }
         let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
         let (stream, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false).await?;
-        Ok(Socket { stream, next_ref: 0 })
+        Ok(Socket { stream, next_ref: 0, skipped: VecDeque::new() })
     }
 }
 
 pub struct Socket {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_ref: i64,
+    /// Frames passed over while looking for another kind, in arrival order.
+    skipped: VecDeque<Value>,
 }
 
 impl Socket {
@@ -205,6 +208,13 @@ impl Socket {
 
     /// The next JSON frame; panics on a close or after [`PATIENCE`].
     pub async fn next_frame(&mut self) -> Value {
+        if let Some(frame) = self.skipped.pop_front() {
+            return frame;
+        }
+        self.read_frame().await
+    }
+
+    async fn read_frame(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(PATIENCE, self.stream.next())
                 .await
@@ -219,13 +229,21 @@ impl Socket {
         }
     }
 
-    /// The next frame of `kind`, skipping others.
+    /// The next frame of `kind`; frames of other kinds stay for later reads.
     pub async fn next_of(&mut self, kind: &str) -> Value {
+        self.next_matching(|frame| frame["type"] == kind).await
+    }
+
+    async fn next_matching(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        if let Some(at) = self.skipped.iter().position(&wanted) {
+            return self.skipped.remove(at).unwrap();
+        }
         loop {
-            let frame = self.next_frame().await;
-            if frame["type"] == kind {
+            let frame = self.read_frame().await;
+            if wanted(&frame) {
                 return frame;
             }
+            self.skipped.push_back(frame);
         }
     }
 
@@ -235,12 +253,7 @@ impl Socket {
         let reference = self.next_ref;
         frame["ref"] = json!(reference);
         self.send_json(frame).await;
-        loop {
-            let frame = self.next_of("ack").await;
-            if frame["ref"] == reference {
-                return frame;
-            }
-        }
+        self.next_matching(|frame| frame["type"] == "ack" && frame["ref"] == reference).await
     }
 
     /// Waits for the server to close the socket; returns the close code.
@@ -256,6 +269,7 @@ impl Socket {
 
     /// Asserts that no frame arrives for a short while.
     pub async fn expect_silence(&mut self, wait: Duration) {
+        assert!(self.skipped.is_empty(), "expected no frame, got {:?}", self.skipped);
         if let Ok(Some(Ok(message))) = tokio::time::timeout(wait, self.stream.next()).await {
             panic!("expected no frame, got {message:?}");
         }

@@ -1,0 +1,218 @@
+//! Rooms over HTTP and the socket: join, leave, send, history, presence, and
+//! the `room.created` / `user.registered` events with their audiences.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use common::{start, Account, Socket, TestServer};
+use serde_json::{json, Value};
+use tether_protocol::Sender;
+
+async fn create_room(server: &TestServer, owner: &Account, name: &str) -> Value {
+    let reply = server.call(Method::POST, "/api/rooms").cookie(&owner.cookie).json(json!({"name": name})).send().await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.body["room"].clone()
+}
+
+async fn join(socket: &mut Socket, code: &str) -> Value {
+    let ack = socket.request(json!({"type": "join", "room": code})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    ack
+}
+
+fn names(presence: &Value) -> Vec<String> {
+    presence["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn rooms_are_listed_and_created_by_logged_in_users() {
+    let server = start().await;
+    let empty = server.call(Method::GET, "/api/rooms").send().await;
+    assert_eq!((empty.status, empty.body.clone()), (StatusCode::OK, json!({"rooms": []})));
+
+    let anonymous = server.call(Method::POST, "/api/rooms").json(json!({"name": "x"})).send().await;
+    assert_eq!((anonymous.status, anonymous.code()), (StatusCode::UNAUTHORIZED, "not_authenticated"));
+
+    let ann = server.register("ann@x.io", "Ann").await;
+    for name in [json!(""), json!("   "), json!("x".repeat(81))] {
+        let reply = server.call(Method::POST, "/api/rooms").cookie(&ann.cookie).json(json!({"name": name})).send().await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_name"), "{name}");
+    }
+    let missing = server.call(Method::POST, "/api/rooms").cookie(&ann.cookie).json(json!({})).send().await;
+    assert_eq!((missing.status, missing.code()), (StatusCode::BAD_REQUEST, "bad_request"));
+
+    let (mut guest, _) = server.socket(None).await;
+    let (mut member, _) = server.socket(Some(&ann.cookie)).await;
+    let room = create_room(&server, &ann, &"é".repeat(80)).await;
+    assert_eq!(room["created_by"], ann.user["id"]);
+    assert!(room["code"].as_str().is_some_and(|c| c.len() == 6));
+    assert!(room["created_at"].as_str().unwrap().ends_with('Z'));
+    for socket in [&mut guest, &mut member] {
+        let event = socket.next_of("event").await;
+        assert_eq!((event["topic"].clone(), event["data"].clone()), (json!("room.created"), room.clone()));
+    }
+    let listed = server.call(Method::GET, "/api/rooms").send().await;
+    assert_eq!(listed.body["rooms"], json!([room]));
+}
+
+#[tokio::test]
+async fn join_answers_the_room_and_the_last_50_messages_oldest_first() {
+    let server = start().await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    let room = create_room(&server, &ann, "Lobby").await;
+    let code = room["code"].as_str().unwrap();
+    let (mut socket, _) = server.socket(None).await;
+
+    let unknown = socket.request(json!({"type": "join", "room": "nope42"})).await;
+    assert_eq!((unknown["ok"].clone(), unknown["error"]["code"].clone()), (json!(false), json!("not_found")));
+
+    assert_eq!(join(&mut socket, code).await["history"], json!([]));
+    for i in 0..55 {
+        let from = Sender { id: Some(ann.id()), name: "Ann".into() };
+        server::rooms::store::insert_message(&server.state.db, code, from, format!("m{i}")).await.unwrap();
+    }
+    let (mut late, _) = server.socket(None).await;
+    let ack = join(&mut late, code).await;
+    assert_eq!(ack["room"], room);
+    let history = ack["history"].as_array().unwrap();
+    assert_eq!(history.len(), 50);
+    assert_eq!(history[0]["text"], "m5");
+    assert_eq!(history[49]["text"], "m54");
+    let first = &history[0];
+    assert_eq!(first["room"], code);
+    assert_eq!(first["from"], json!({"id": ann.id(), "name": "Ann"}));
+    assert!(first["id"].is_string() && first["at"].is_string());
+}
+
+#[tokio::test]
+async fn send_needs_a_user_membership_and_valid_text() {
+    let server = start().await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    let code = create_room(&server, &ann, "Lobby").await["code"].as_str().unwrap().to_string();
+    let (mut guest, _) = server.socket(None).await;
+    let (mut socket, _) = server.socket(Some(&ann.cookie)).await;
+
+    join(&mut guest, &code).await;
+    let refused = guest.request(json!({"type": "send", "room": code, "text": "hi"})).await;
+    assert_eq!(refused["error"]["code"], "not_authenticated");
+
+    let outside = socket.request(json!({"type": "send", "room": code, "text": "hi"})).await;
+    assert_eq!(outside["error"]["code"], "not_in_room");
+
+    join(&mut socket, &code).await;
+    for text in [String::new(), "a".repeat(2001), "é".repeat(2001)] {
+        let ack = socket.request(json!({"type": "send", "room": code, "text": text})).await;
+        assert_eq!(ack["error"]["code"], "invalid_text", "{} chars", text.chars().count());
+    }
+    // 2000 characters pass even when they are 4 bytes each.
+    let long = "🦀".repeat(2000);
+    let ack = socket.request(json!({"type": "send", "room": code, "text": long})).await;
+    assert_eq!(ack["ok"], true, "{}", ack["error"]);
+    let message = socket.next_of("message").await;
+    assert_eq!(message["id"], ack["id"]);
+    assert_eq!(message["text"].as_str().unwrap().chars().count(), 2000);
+
+    // After leaving, sending is refused again.
+    assert_eq!(socket.request(json!({"type": "leave", "room": code})).await["ok"], true);
+    let left = socket.request(json!({"type": "send", "room": code, "text": "hi"})).await;
+    assert_eq!(left["error"]["code"], "not_in_room");
+}
+
+#[tokio::test]
+async fn messages_reach_every_socket_in_the_room_stamped_by_the_server() {
+    let server = start().await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    let bob = server.register("bob@x.io", "Bob").await;
+    let code = create_room(&server, &ann, "Lobby").await["code"].as_str().unwrap().to_string();
+    let (mut ann_tab, _) = server.socket(Some(&ann.cookie)).await;
+    let (mut bob_tab, _) = server.socket(Some(&bob.cookie)).await;
+    let (mut guest, _) = server.socket(None).await;
+    let (mut outsider, _) = server.socket(Some(&bob.cookie)).await;
+    for socket in [&mut ann_tab, &mut bob_tab, &mut guest] {
+        join(socket, &code).await;
+    }
+
+    // A client-supplied sender is ignored.
+    let forged = json!({"type": "send", "room": code, "text": "hello", "from": {"id": bob.id(), "name": "Bob"}});
+    let ack = ann_tab.request(forged).await;
+    assert_eq!(ack["ok"], true);
+    for socket in [&mut ann_tab, &mut bob_tab, &mut guest] {
+        let message = socket.next_of("message").await;
+        assert_eq!(message["from"], json!({"id": ann.id(), "name": "Ann"}));
+        assert_eq!((message["room"].clone(), message["text"].clone(), message["id"].clone()), (json!(code), json!("hello"), ack["id"].clone()));
+        assert!(message["at"].as_str().unwrap().ends_with('Z'));
+    }
+    outsider.expect_silence(Duration::from_millis(200)).await;
+    // And it was stored as stamped.
+    let (mut later, _) = server.socket(None).await;
+    assert_eq!(join(&mut later, &code).await["history"][0]["from"]["name"], "Ann");
+}
+
+#[tokio::test]
+async fn presence_follows_joins_leaves_disconnects_and_rebinds() {
+    let server = start().await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    let bob = server.register("bob@x.io", "Bob").await;
+    let code = create_room(&server, &ann, "Lobby").await["code"].as_str().unwrap().to_string();
+    let (mut watcher, _) = server.socket(Some(&bob.cookie)).await;
+    join(&mut watcher, &code).await;
+    assert_eq!(names(&watcher.next_of("presence").await), ["Bob"]);
+
+    // Three tabs of Ann are one member.
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        let (mut tab, _) = server.socket(Some(&ann.cookie)).await;
+        join(&mut tab, &code).await;
+        assert_eq!(names(&watcher.next_of("presence").await), ["Bob", "Ann"]);
+        tabs.push(tab);
+    }
+    let (mut guest, welcome) = server.socket(None).await;
+    let guest_name = welcome["guest_name"].as_str().unwrap().to_string();
+    join(&mut guest, &code).await;
+    let presence = watcher.next_of("presence").await;
+    assert_eq!(presence["room"], code);
+    assert_eq!(presence["members"][2], json!({"id": null, "name": guest_name}));
+
+    // The guest logs in as Ann over its socket: one Ann, no guest.
+    let ticket = server.ticket(&ann.cookie).await;
+    assert_eq!(guest.request(json!({"type": "login", "ticket": ticket})).await["ok"], true);
+    assert_eq!(names(&watcher.next_of("presence").await), ["Bob", "Ann"]);
+
+    // Two Ann tabs leave or close: Ann is still there; the last one takes her away.
+    tabs.pop().unwrap().stream.close(None).await.unwrap();
+    assert_eq!(names(&watcher.next_of("presence").await), ["Bob", "Ann"]);
+    assert_eq!(tabs[0].request(json!({"type": "leave", "room": code})).await["ok"], true);
+    assert_eq!(names(&watcher.next_of("presence").await), ["Bob", "Ann"]);
+    tabs[1].stream.close(None).await.unwrap();
+    assert_eq!(names(&watcher.next_of("presence").await), ["Bob", "Ann"]);
+    // The last Ann socket logs out: it stays in the room as a guest.
+    assert_eq!(guest.request(json!({"type": "logout"})).await["ok"], true);
+    let after = watcher.next_of("presence").await;
+    assert_eq!(after["members"].as_array().unwrap().len(), 2);
+    assert_eq!(after["members"][0]["name"], "Bob");
+    assert!(after["members"][1]["id"].is_null() && after["members"][1]["name"].as_str().unwrap().starts_with("guest-"));
+}
+
+#[tokio::test]
+async fn user_registered_reaches_admin_sockets_only() {
+    let server = common::start_with(&[("TETHER_ADMIN_EMAILS", "boss@x.io")]).await;
+    let boss = server.register("boss@x.io", "Boss").await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    let (mut admin, _) = server.socket(Some(&boss.cookie)).await;
+    let (mut user, _) = server.socket(Some(&ann.cookie)).await;
+    let (mut guest, _) = server.socket(None).await;
+    // Connections themselves tell admins that sockets changed; skip those.
+    let carol = server.register("carol@x.io", "Carol").await;
+    let event = loop {
+        let event = admin.next_of("event").await;
+        if event["topic"] == "user.registered" {
+            break event;
+        }
+    };
+    assert_eq!(event["data"], carol.user);
+    for socket in [&mut user, &mut guest] {
+        socket.expect_silence(Duration::from_millis(300)).await;
+    }
+}
