@@ -31,7 +31,10 @@ thread_local! {
 /// ticket (no reconnect) and tells the other tabs.
 pub async fn complete_login(socket: Socket, response: AuthResponse) {
     socket.auth.user.set(Some(response.user));
-    if let Err(error) = socket.login(response.ticket).await {
+    // A socket closed for want of a user (guests off) reconnects: the cookie binds it now.
+    if matches!(socket.status.get_untracked(), crate::socket::Status::Stopped { .. }) {
+        socket.start();
+    } else if let Err(error) = socket.login(response.ticket).await {
         socket.note("error", format!("login frame: {}", error.message));
     }
     announce_login();

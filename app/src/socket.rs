@@ -125,14 +125,6 @@ impl Socket {
             log.drain(..excess);
         });
     }
-
-    /// Remembers a joined room, so a reconnect joins it again.
-    pub fn remember_room(self, code: &str, joined: bool) {
-        #[cfg(feature = "hydrate")]
-        client::remember_room(code, joined);
-        #[cfg(not(feature = "hydrate"))]
-        let _ = (code, joined);
-    }
 }
 
 fn clock() -> String {
@@ -148,7 +140,7 @@ fn clock() -> String {
 #[cfg(feature = "hydrate")]
 mod client {
     use std::cell::RefCell;
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::HashMap;
     use std::time::Duration;
 
     use futures_channel::oneshot;
@@ -174,7 +166,6 @@ mod client {
         next_ref: i64,
         pending: HashMap<i64, oneshot::Sender<AckResult>>,
         attempts: u32,
-        rooms: BTreeSet<String>,
         handlers: Vec<Closure<dyn FnMut(web_sys::Event)>>,
     }
 
@@ -289,14 +280,6 @@ mod client {
                 socket.user.set(user);
                 socket.guest_name.set(guest_name);
                 socket.status.set(Status::Online);
-                let rooms: Vec<String> = CONNECTION.with_borrow(|c| c.rooms.iter().cloned().collect());
-                for room in rooms {
-                    leptos::task::spawn_local(async move {
-                        if let Err(error) = crate::pages::rooms::join(socket, room).await {
-                            socket.note("error", format!("rejoin: {}", error.message));
-                        }
-                    });
-                }
             }
             ServerFrame::Ack { reference, ok, error, fields } => {
                 let waiter = CONNECTION.with_borrow_mut(|c| c.pending.remove(&reference));
@@ -361,15 +344,5 @@ mod client {
             return Err(ErrorBody::new("offline", "not connected; try again in a moment"));
         }
         receiver.await.unwrap_or_else(|_| Err(ErrorBody::new("disconnected", "the socket closed")))
-    }
-
-    pub fn remember_room(code: &str, joined: bool) {
-        CONNECTION.with_borrow_mut(|c| {
-            if joined {
-                c.rooms.insert(code.to_string());
-            } else {
-                c.rooms.remove(code);
-            }
-        });
     }
 }

@@ -150,7 +150,20 @@ test.describe('admin', () => {
     await expect(admin.getByTestId('registrations').locator('li', { hasText: account.email })).toBeVisible();
 
     // The same socket, now bound: the admin can manage the user from it.
+    // REGRESSION GUARD (app bug found by this suite; fixed in the app's working tree during
+    // the same session): the admin page reloads its table on `sockets.changed`, which the
+    // server published only when a socket connected or disconnected, not when an open socket
+    // was rebound (login/logout frames, role change, revocation). So this row kept saying
+    // "guest guest-NNNN", with no role select or revoke button, until some other socket came
+    // or went. Expected: the row shows "NAME <EMAIL>" with its controls.
     await expect(row).toContainText(`${account.name} <${account.email}>`);
     await expect(admin.getByLabel(`Role of ${account.email}`)).toBeVisible();
+
+    // Logging out in place turns the row back into a guest row.
+    await user.getByRole('button', { name: 'Log out' }).click();
+    await expect(badge(user)).toHaveText(/^online as guest guest-\d+$/);
+    await expect(row).toContainText('guest guest-');
+    await expect(row).not.toContainText(account.email);
+    await expect(admin.getByLabel(`Role of ${account.email}`)).toHaveCount(0);
   });
 });

@@ -1,6 +1,6 @@
 // Issue "Rooms": create and join rooms, chat with server-stamped senders,
 // presence, guests reading along and logging in without leaving the room.
-import { expect, test, type BrowserContext, type Page } from '@playwright/test';
+import { expect, test, type Browser, type BrowserContext, type Page } from '@playwright/test';
 import {
   logEntries,
   newAccount,
@@ -39,25 +39,40 @@ test.describe('rooms', () => {
     }
   });
 
-  test('two users chat, a guest reads along and logs in without leaving the room', async ({ browser, baseURL }) => {
-    test.setTimeout(90_000);
-    const open = async () => {
-      const context = await browser.newContext({ baseURL });
-      contexts.push(context);
-      return context;
-    };
+  async function open(browser: Browser, baseURL: string | undefined): Promise<BrowserContext> {
+    const context = await browser.newContext({ baseURL });
+    contexts.push(context);
+    return context;
+  }
+
+  /** A room made by a fresh user through the API, with two messages in it. */
+  async function roomWithHistory(browser: Browser, baseURL: string | undefined) {
+    const author = newAccount('Author');
+    const ctx = await open(browser, baseURL);
+    await registerViaApi(ctx.request, author);
+    const res = await ctx.request.post('/api/rooms', { data: { name: `History ${Date.now().toString(36)}` } });
+    expect(res.status()).toBe(201);
+    const { room } = await res.json();
+    const page = await ctx.newPage();
+    // Reached by client-side navigation (after hydration) so the join is not at issue here.
+    await page.goto('/rooms');
+    await waitOnlineAs(page, author.name);
+    await page.getByLabel('Room code').fill(room.code);
+    await page.getByRole('button', { name: 'Join', exact: true }).click();
+    await expect(presence(page)).toHaveText([author.name]);
+    await send(page, 'first message');
+    await send(page, 'second message');
+    await expect(messages(page)).toHaveCount(2);
+    return { author, code: room.code as string, name: room.name as string, page };
+  }
+
+  test('two users create, join and chat; senders are stamped; presence lists both', async ({ browser, baseURL }) => {
     const aliceAccount = newAccount('Alice');
     const bobAccount = newAccount('Bob');
-    const carolAccount = newAccount('Carol');
-
-    const aliceCtx = await open();
-    const bobCtx = await open();
+    const aliceCtx = await open(browser, baseURL);
+    const bobCtx = await open(browser, baseURL);
     await registerViaApi(aliceCtx.request, aliceAccount);
     await registerViaApi(bobCtx.request, bobAccount);
-    // Carol's account exists, but the browser she reads with starts as a guest.
-    const setupCtx = await open();
-    await registerViaApi(setupCtx.request, carolAccount);
-    await setupCtx.close();
 
     // --- Alice creates a room through the UI --------------------------------------------
     const alice = await aliceCtx.newPage();
@@ -86,7 +101,6 @@ test.describe('rooms', () => {
     await expect(bob).toHaveURL(new RegExp(`/rooms/${code}$`));
     await expect(bob.getByRole('heading', { level: 1 })).toContainText(roomName);
 
-    // Both see both in presence.
     for (const page of [alice, bob]) {
       await expect(presence(page)).toHaveCount(2);
       await expect(presence(page).filter({ hasText: aliceAccount.name })).toHaveCount(1);
@@ -102,55 +116,115 @@ test.describe('rooms', () => {
     await expectMessage(alice, bobAccount.name, 'hi alice, bob here');
     await expect(messages(alice)).toHaveCount(2);
     await expect(messages(bob)).toHaveCount(2);
+    await expect(alice.getByTestId('chat-error')).toHaveCount(0);
+    await expect(bob.getByTestId('chat-error')).toHaveCount(0);
 
-    // --- a guest opens the room: reads the history, sees the prompt, cannot send ----------
-    const guestCtx = await open();
+    // Bob leaves (navigates away): presence shrinks for Alice.
+    await bob.getByRole('link', { name: 'Rooms', exact: true }).click();
+    await expect(presence(alice)).toHaveText([aliceAccount.name]);
+  });
+
+  test('a guest reading along logs in from the prompt, returns to the room and sends at once', async ({
+    browser,
+    baseURL,
+  }) => {
+    test.setTimeout(90_000);
+    const { author, code, name, page: authorPage } = await roomWithHistory(browser, baseURL);
+    const carol = newAccount('Carol');
+    // Carol's account exists, but the browser she reads with starts as a guest.
+    const setup = await open(browser, baseURL);
+    await registerViaApi(setup.request, carol);
+
+    const guestCtx = await open(browser, baseURL);
     const guest = await guestCtx.newPage();
-    await guest.goto(`/rooms/${code}`);
+    await guest.goto('/rooms');
     const guestSocket = await waitOnlineAsGuest(guest);
-    await expect(guest.getByTestId('room-code')).toHaveText(code);
+    const guestName = (await guest.getByTestId('connection-badge').textContent())!.replace('online as guest ', '').trim();
+    await guest.getByTestId('room-list').getByRole('link', { name }).click();
+    await expect(guest).toHaveURL(new RegExp(`/rooms/${code}$`));
+
+    // Reads along: history, presence, a login prompt, no message input.
     await expect(messages(guest)).toHaveCount(2);
-    await expectMessage(guest, aliceAccount.name, 'hello from alice');
-    await expectMessage(guest, bobAccount.name, 'hi alice, bob here');
+    await expectMessage(guest, author.name, 'first message');
+    await expectMessage(guest, author.name, 'second message');
     const prompt = guest.getByTestId('login-prompt');
     await expect(prompt).toBeVisible();
     await expect(guest.getByTestId('message-input')).toHaveCount(0);
     await expect(guest.getByRole('button', { name: 'Send' })).toHaveCount(0);
-    // The guest is present too, by guest name.
-    const guestName = (await guest.getByTestId('connection-badge').textContent())!.replace('online as guest ', '').trim();
-    for (const page of [alice, bob, guest]) {
-      await expect(presence(page)).toHaveCount(3);
+    for (const page of [authorPage, guest]) {
+      await expect(presence(page)).toHaveCount(2);
       await expect(presence(page).filter({ hasText: guestName })).toHaveCount(1);
     }
 
-    // --- the guest follows the prompt's "Log in" link and comes back logged in -------------
+    // Follows the prompt's "Log in" link and logs in.
     const loginLink = prompt.getByRole('link', { name: 'Log in' });
     await expect(loginLink).toHaveAttribute('href', `/login?next=/rooms/${code}`);
     await loginLink.click();
     await expect(guest).toHaveURL(new RegExp(`/login\\?next=(/|%2F)rooms(/|%2F)${code}$`));
-    await submitLogin(guest, carolAccount.email, carolAccount.password);
+    await submitLogin(guest, carol.email, carol.password);
+
+    // Back in the room without reload or reconnect.
     await expect(guest).toHaveURL(new RegExp(`/rooms/${code}$`));
-    await expect(guest.getByTestId('connection-badge')).toHaveText(`online as ${carolAccount.name}`);
-    // No reload, no reconnect: the socket is the one the guest had.
+    await expect(guest.getByTestId('connection-badge')).toHaveText(`online as ${carol.name}`);
     await expect(socketIdOf(guest)).toHaveText(guestSocket);
     await expect(logEntries(guest, 'connect')).toHaveCount(1);
     await expect(guest.getByTestId('login-prompt')).toHaveCount(0);
     await expect(messages(guest)).toHaveCount(2);
-
-    // Presence follows: Carol replaces the guest.
-    for (const page of [alice, bob, guest]) {
-      await expect(presence(page).filter({ hasText: carolAccount.name })).toHaveCount(1);
+    for (const page of [authorPage, guest]) {
+      await expect(presence(page).filter({ hasText: carol.name })).toHaveCount(1);
       await expect(presence(page).filter({ hasText: guestName })).toHaveCount(0);
-      await expect(presence(page)).toHaveCount(3);
+      await expect(presence(page)).toHaveCount(2);
     }
 
-    // She can send at once, and the others see it.
+    // Sends at once; the others see it, stamped with her name.
     await send(guest, 'carol was reading along');
-    for (const page of [alice, bob, guest]) {
-      await expectMessage(page, carolAccount.name, 'carol was reading along');
+    for (const page of [authorPage, guest]) {
+      await expectMessage(page, carol.name, 'carol was reading along');
       await expect(messages(page)).toHaveCount(3);
     }
     await expect(guest.getByTestId('chat-error')).toHaveCount(0);
+  });
+
+  test('a guest opening a room link directly sees the history, presence and login prompt', async ({
+    browser,
+    baseURL,
+  }) => {
+    const { author, code, page: authorPage } = await roomWithHistory(browser, baseURL);
+    const guestCtx = await open(browser, baseURL);
+    const guest = await guestCtx.newPage();
+    await guest.goto(`/rooms/${code}`);
+    await waitOnlineAsGuest(guest);
+    await expect(guest.getByTestId('room-code')).toHaveText(code);
+    await expect(guest.getByTestId('login-prompt')).toBeVisible();
+    await expect(guest.getByTestId('message-input')).toHaveCount(0);
+    // REGRESSION GUARD (app bug found by this suite; fixed in the app's working tree during
+    // the same session): on a full page load of /rooms/CODE the page sent its `join` before
+    // the socket was open; it failed with "not connected; try again in a moment" (shown in
+    // chat-error) and was never retried after `welcome`, so the page showed no history, no
+    // presence and received no messages. Expected: the join happens once the socket is online.
+    await expect(guest.getByTestId('chat-error')).toHaveCount(0);
+    await expect(messages(guest)).toHaveCount(2);
+    await expectMessage(guest, author.name, 'first message');
+    await expect(presence(guest)).toHaveCount(2);
+    await expect(presence(authorPage)).toHaveCount(2);
+    // Live messages reach the guest.
+    await send(authorPage, 'live for the guest');
+    await expectMessage(guest, author.name, 'live for the guest');
+  });
+
+  test('reloading a room page rejoins the room', async ({ browser, baseURL }) => {
+    const { author, page } = await roomWithHistory(browser, baseURL);
+    await page.reload();
+    await waitOnlineAs(page, author.name);
+    // REGRESSION GUARD (same bug as above): after a reload the room page never joined
+    // (chat-error "not connected; try again in a moment", heading showing the code, not the
+    // name), history and presence stayed empty and Send failed with
+    // "join the room before sending to it" (not_in_room).
+    await expect(page.getByTestId('chat-error')).toHaveCount(0);
+    await expect(messages(page)).toHaveCount(2);
+    await expect(presence(page)).toHaveText([author.name]);
+    await send(page, 'after reload');
+    await expectMessage(page, author.name, 'after reload');
   });
 
   test('a room created through the API shows up live in an open rooms list', async ({ page, playwright, baseURL }) => {

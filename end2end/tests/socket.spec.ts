@@ -122,13 +122,16 @@ test.describe('bound socket', () => {
       }
     });
 
-    test('the socket goes offline, retries, and comes back bound from the cookie', async ({ page }) => {
+    test('the socket goes offline, retries, and comes back bound from the cookie, back in its room', async ({
+      page,
+    }) => {
       test.setTimeout(120_000);
       server = new ServerProcess('127.0.0.1:3107');
       await server.start();
       const origin = server.origin;
       const account = newAccount('Phoenix');
 
+      // Register in the browser, on the private server.
       await page.goto(`${origin}/register`);
       const guestSocket = await waitOnlineAsGuest(page);
       await page.getByLabel('Email').fill(account.email);
@@ -138,6 +141,18 @@ test.describe('bound socket', () => {
       await expect(page).toHaveURL(`${origin}/`);
       await expect(badge(page)).toHaveText(`online as ${account.name}`);
       await expect(socketIdOf(page)).toHaveText(guestSocket);
+
+      // Sit in a room (reached by client-side navigation) with one message in it.
+      const created = await page.request.post(`${origin}/api/rooms`, { data: { name: 'Restart room' } });
+      expect(created.status()).toBe(201);
+      const { room } = await created.json();
+      await page.getByRole('link', { name: 'Rooms', exact: true }).click();
+      await page.getByTestId('room-list').getByRole('link', { name: 'Restart room' }).click();
+      await expect(page).toHaveURL(`${origin}/rooms/${room.code}`);
+      await expect(page.getByTestId('presence').locator('li')).toHaveText([account.name]);
+      await page.getByTestId('message-input').fill('before the restart');
+      await page.getByRole('button', { name: 'Send' }).click();
+      await expect(page.getByTestId('message')).toHaveCount(1);
 
       // Stop it: every socket is closed with 1001 and the client retries.
       await server.stop();
@@ -161,6 +176,16 @@ test.describe('bound socket', () => {
       await expect(userName(page)).toHaveText(account.name);
       // And the session still works for HTTP.
       expect((await page.request.get(`${origin}/api/auth/me`)).status()).toBe(200);
+
+      // The new connection joined the room again: presence, history, and sending work.
+      await expect(page.getByTestId('presence').locator('li')).toHaveText([account.name]);
+      await expect(page.getByTestId('message')).toHaveCount(1);
+      await expect(page.getByTestId('message').locator('.text')).toHaveText('before the restart');
+      await page.getByTestId('message-input').fill('after the restart');
+      await page.getByRole('button', { name: 'Send' }).click();
+      await expect(page.getByTestId('message')).toHaveCount(2);
+      await expect(page.getByTestId('message').last().locator('.from')).toHaveText(account.name);
+      await expect(page.getByTestId('chat-error')).toHaveCount(0);
     });
   });
 });

@@ -8,6 +8,7 @@ use tether_protocol::{LiveSocketsResponse, SetRoleRequest, UnbindReason, UserRes
 
 use crate::auth::{store, AdminSession};
 use crate::error::{ApiError, ApiResult};
+use crate::events::{publish, ModelEvent};
 use crate::extract::ApiJson;
 use crate::AppState;
 
@@ -33,6 +34,7 @@ async fn revoke_sessions(
     for (session_id, expires_at) in &sessions {
         state.registry.revoke_session(session_id, *expires_at, UnbindReason::Revoked);
     }
+    publish(&state.registry, ModelEvent::SocketsChanged);
     tracing::info!(admin_id = %admin.user.id, %user_id, sessions = sessions.len(), "sessions revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -46,6 +48,7 @@ async fn set_role(
 ) -> ApiResult<Json<UserResponse>> {
     let user = store::set_role(&state.db, &user_id, body.role).await?.ok_or(ApiError::NotFound)?;
     let sockets = state.registry.update_user(&user);
+    publish(&state.registry, ModelEvent::SocketsChanged);
     tracing::info!(admin_id = %admin.user.id, %user_id, role = user.role.as_str(), sockets, "role changed");
     Ok(Json(UserResponse { user }))
 }

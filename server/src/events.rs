@@ -9,7 +9,7 @@ use crate::ws::{Audience, Registry};
 pub enum ModelEvent {
     RoomCreated(Room),
     UserRegistered(User),
-    /// A socket came or went: admin views refresh their list.
+    /// A socket came, went, or changed its binding: admin views refresh their list.
     SocketsChanged,
 }
 

@@ -20,16 +20,18 @@ pub async fn join(socket: Socket, code: String) -> Result<Room, ErrorBody> {
     socket.messages.update(|all| {
         all.insert(code.clone(), ack.history);
     });
-    socket.remember_room(&code, true);
     Ok(ack.room)
 }
 
+/// Leaves a room; only the browser has a socket to leave with.
 fn leave(socket: Socket, code: String) {
-    socket.remember_room(&code, false);
-    #[cfg(feature = "hydrate")]
-    leptos::task::spawn_local(async move {
+    let request = async move {
         let _ = socket.request(ClientFrame::Leave { room: code }).await;
-    });
+    };
+    #[cfg(feature = "hydrate")]
+    leptos::task::spawn_local(request);
+    #[cfg(not(feature = "hydrate"))]
+    drop(request);
 }
 
 #[component]
@@ -117,10 +119,16 @@ pub fn RoomPage() -> impl IntoView {
     let error = RwSignal::new(None::<String>);
     let draft = RwSignal::new(String::new());
 
+    // (Re)join whenever the room or the connection changes: a new socket id
+    // means a new connection, which starts in no room.
     Effect::new(move |previous: Option<String>| {
         let current = code.get();
+        let connected = socket.socket_id.get().is_some();
         if let Some(previous) = previous.filter(|p| *p != current) {
             leave(socket, previous);
+        }
+        if !connected {
+            return current;
         }
         let joining = current.clone();
         leptos::task::spawn_local(async move {

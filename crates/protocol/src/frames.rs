@@ -157,7 +157,7 @@ pub struct SendAck {
 pub mod topic {
     pub const ROOM_CREATED: &str = "room.created";
     pub const USER_REGISTERED: &str = "user.registered";
-    /// Extension: a socket connected or disconnected (admins only).
+    /// Extension: a socket connected, disconnected or was rebound (admins only).
     pub const SOCKETS_CHANGED: &str = "sockets.changed";
 }
 

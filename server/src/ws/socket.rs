@@ -14,6 +14,7 @@ use super::registry::{Binding, Connection, Outbound, SocketId};
 use crate::auth::store::{self as auth_store, Session};
 use crate::db::now_unix;
 use crate::error::ApiError;
+use crate::events::{publish, ModelEvent};
 use crate::rooms;
 use crate::AppState;
 
@@ -89,7 +90,7 @@ fn is_too_big(error: axum::Error) -> bool {
 pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
     let binding = session.map(binding_of).unwrap_or_else(Binding::guest);
     let Connection { id, public_id, mut outbound, evicted } = state.registry.connect(binding);
-    crate::events::publish(&state.registry, crate::events::ModelEvent::SocketsChanged);
+    publish(&state.registry, ModelEvent::SocketsChanged);
     let (mut sink, mut stream) = socket.split();
     let mut limiter = FrameLimiter::new();
     let mut expiry: Option<tokio::time::Instant> = None;
@@ -114,6 +115,7 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
             _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
                 expiry = None;
                 state.registry.expire(id);
+                publish(&state.registry, ModelEvent::SocketsChanged);
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match limiter.admit() {
@@ -140,7 +142,7 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
         }
     }
     state.registry.disconnect(id);
-    crate::events::publish(&state.registry, crate::events::ModelEvent::SocketsChanged);
+    publish(&state.registry, ModelEvent::SocketsChanged);
 }
 
 /// Answers a frame: an `ack` when it carried a usable `ref`, else an `error`
@@ -196,8 +198,12 @@ async fn dispatch(state: &AppState, id: SocketId, reference: Option<i64>, frame:
             if bound.is_none() {
                 return Err(ApiError::invalid("invalid_ticket", "the ticket is unknown, expired or already used"));
             }
+            publish(&state.registry, ModelEvent::SocketsChanged);
         }
-        ClientFrame::Logout => state.registry.unbind_socket(id, ok(Map::new())),
+        ClientFrame::Logout => {
+            state.registry.unbind_socket(id, ok(Map::new()));
+            publish(&state.registry, ModelEvent::SocketsChanged);
+        }
         ClientFrame::Whoami => {
             let binding = state.registry.binding(id).unwrap_or_else(Binding::guest);
             let fields = to_fields(&WhoamiAck {
