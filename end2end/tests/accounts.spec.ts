@@ -1,7 +1,7 @@
 // Issue "Accounts": register, stay logged in across reloads (server-rendered,
 // no "Guest" flash), log out, failed and successful login.
 import { expect, test } from '@playwright/test';
-import { badge, headerLink, logEntries, newAccount, socketIdOf, submitLogin, userName, waitOnlineAs, waitOnlineAsGuest } from './helpers';
+import { badge, headerLink, logEntries, newAccount, registerViaApi, socketIdOf, submitLogin, userName, waitOnlineAs, waitOnlineAsGuest } from './helpers';
 
 test.describe('accounts', () => {
   test('register, reload, log out, wrong password, right password', async ({ page, context, browser, baseURL }) => {
@@ -121,5 +121,25 @@ test.describe('accounts', () => {
     await expect(page.getByTestId('form-error')).not.toHaveText('');
     await expect(page).toHaveURL(/\/register$/);
     await expect(userName(page)).toHaveText('Guest');
+  });
+  test('login follows a local `next` path and ignores any other', async ({ page, playwright, baseURL }) => {
+    const account = newAccount('Next');
+    const api = await playwright.request.newContext({ baseURL });
+    await registerViaApi(api, account);
+    await api.dispose();
+
+    await page.goto('/login?next=//example.com/phish');
+    await waitOnlineAsGuest(page);
+    await submitLogin(page, account.email, account.password);
+    await expect(userName(page)).toHaveText(account.name);
+    await expect(page).toHaveURL(`${baseURL}/`);
+
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await expect(userName(page)).toHaveText('Guest');
+    await page.goto('/login?next=/rooms');
+    await waitOnlineAsGuest(page);
+    await submitLogin(page, account.email, account.password);
+    await expect(page).toHaveURL(`${baseURL}/rooms`);
+    await expect(userName(page)).toHaveText(account.name);
   });
 });

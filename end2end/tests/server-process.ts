@@ -15,7 +15,11 @@ export class ServerProcess {
   private child: ChildProcess | null = null;
   private output: string[] = [];
 
-  constructor(readonly addr: string, dataDir?: string) {
+  constructor(
+    readonly addr: string,
+    dataDir?: string,
+    private readonly extraEnv: Record<string, string> = {},
+  ) {
     this.origin = `http://${addr}`;
     this.dataDir = dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'tether-e2e-restart-'));
   }
@@ -38,6 +42,7 @@ export class ServerProcess {
         LEPTOS_OUTPUT_NAME: 'tether',
         TETHER_DATA_DIR: this.dataDir,
         RUST_LOG: 'warn',
+        ...this.extraEnv,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

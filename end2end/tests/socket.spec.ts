@@ -188,4 +188,50 @@ test.describe('bound socket', () => {
       await expect(page.getByTestId('chat-error')).toHaveCount(0);
     });
   });
+
+  test.describe('guests switched off', () => {
+    let server: ServerProcess | null = null;
+
+    test.afterEach(async () => {
+      if (server) {
+        await server.dispose();
+        server = null;
+      }
+    });
+
+    test('a guest socket is closed with 4401 and not retried; logging in connects it', async ({ page }) => {
+      test.setTimeout(90_000);
+      server = new ServerProcess('127.0.0.1:3108', undefined, { TETHER_ALLOW_GUESTS: 'false' });
+      await server.start();
+      const origin = server.origin;
+      const account = newAccount('Member');
+
+      await page.goto(`${origin}/login`);
+      await expect(badge(page)).toHaveText('disconnected (4401): log in to connect');
+      await expect(logEntries(page, 'disconnect').first()).toContainText('code 4401');
+      await expect(logEntries(page, 'reconnect_failed')).toHaveCount(1);
+      await expect(socketIdOf(page)).toHaveText('');
+
+      // The account is made elsewhere; this browser logs in through the form.
+      const res = await fetch(`${origin}/api/auth/register`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ email: account.email, name: account.name, password: account.password }),
+      });
+      expect(res.status).toBe(201);
+      // No retry happened meanwhile (a final close waits for a user action).
+      await expect(logEntries(page, 'reconnect_attempt')).toHaveCount(0);
+
+      await submitLogin(page, account.email, account.password);
+      await expect(page).toHaveURL(`${origin}/`);
+      await expect(badge(page)).toHaveText(`online as ${account.name}`);
+      await expect(socketIdOf(page)).toHaveText(/\S/);
+      await expect(userName(page)).toHaveText(account.name);
+
+      // Logging out closes the socket again with 4401.
+      await page.getByRole('button', { name: 'Log out' }).click();
+      await expect(userName(page)).toHaveText('Guest');
+      await expect(badge(page)).toHaveText('disconnected (4401): log in to connect');
+    });
+  });
 });
