@@ -14,7 +14,7 @@ use loadgen::ws::Endpoint;
 const USAGE: &str = "\
 usage: loadgen <scenario> [options]
 scenarios:
-  idle       --sockets N (5000) --hold SECS (30) --users U (200)
+  idle       --sockets N (5000) --hold SECS (30) --users U (20)
   handshake  --duration SECS (30) --concurrency C (32) --addresses A (10) --users U (200)
   fanout     --sizes 2000,5000,10000 --rounds R (50) --gap-ms G (60) --users U (8)
   rebind     --sockets N (10000) --rebinders K (500) --cycles C (2000) --users U (200)
@@ -197,13 +197,15 @@ async fn scenario(args: &Args, bench: &mut Bench) -> Result<Vec<Row>, String> {
     match args.scenario.as_str() {
         "idle" => {
             let n = args.count("sockets", 5000)?;
-            let r = scenarios::idle(bench, n, users(200)?, args.secs("hold", 30.0)?).await?;
+            let r = scenarios::idle(bench, n, users(20)?, args.secs("hold", 30.0)?).await?;
             let per = r.kib_per_socket();
             let dropped = r.dropped() + r.opened.failed;
             let result = format!(
-                "**{} KiB/socket** (server VmRSS {} → {} KiB after connect → {} KiB after {:.0} s idle); dropped {dropped}; opened {}/{} in {:.1} s ({:.0}/s), all bound: {}",
+                "**{} KiB/socket** (server VmRSS {} KiB at start, {} KiB after registering {} users → {} KiB after connect → {} KiB after {:.0} s idle); dropped {dropped}; opened {}/{} in {:.1} s ({:.0}/s), all bound: {}",
                 per.map(|p| format!("{p:.2}")).unwrap_or("?".into()),
+                r.rss_start_kib.unwrap_or(0),
                 r.rss_before_kib.unwrap_or(0),
+                users(20)?,
                 r.rss_connected_kib.unwrap_or(0),
                 r.rss_held_kib.unwrap_or(0),
                 r.hold.as_secs_f64(),

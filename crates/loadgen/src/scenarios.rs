@@ -20,6 +20,8 @@ use crate::sys::{self, percentile};
 use crate::ws::{self, Endpoint};
 
 pub const PASSWORD: &str = "loadgen-password";
+/// Sockets joining a room between two waits for the presence backlog to drain.
+pub const ROOM_JOIN_BATCH: usize = 200;
 
 /// How the client side is laid out.
 #[derive(Debug, Clone)]
@@ -128,7 +130,56 @@ impl Bench {
     }
 
     /// Opens `count` more sockets over the shards (new shards as needed).
+    ///
+    /// Sockets that join a room do so in batches of [`ROOM_JOIN_BATCH`],
+    /// waiting after each batch until the clients have read every `presence`
+    /// frame it caused: the server sends the whole member list to every
+    /// member on every join (O(N²) frames to build a room of N) and drops a
+    /// socket whose 256-frame queue fills, so unpaced joins evict members.
     pub async fn open(&mut self, count: usize, cookies: &[String], room: Option<&str>, ping_every_ms: u64) -> Result<Opened, String> {
+        if room.is_none() {
+            return self.open_batch(count, cookies, None, ping_every_ms).await;
+        }
+        let started = Instant::now();
+        let mut out = Opened::default();
+        let mut left = count;
+        while left > 0 {
+            let take = left.min(ROOM_JOIN_BATCH);
+            let batch = self.open_batch(take, cookies, room, ping_every_ms).await?;
+            out.opened += batch.opened;
+            out.failed += batch.failed;
+            out.unbound += batch.unbound;
+            out.errors.extend(batch.errors);
+            out.connect_us.extend(batch.connect_us);
+            left -= take;
+            self.settle().await?;
+        }
+        out.elapsed = started.elapsed();
+        out.connect_us.sort_unstable();
+        Ok(out)
+    }
+
+    /// Waits until no shard has received a frame for a while.
+    pub async fn settle(&mut self) -> Result<(), String> {
+        let mut last = u64::MAX;
+        let mut quiet = 0;
+        for _ in 0..6000 {
+            let total: u64 = self.stats().await?.iter().map(|e| if let Event::Stats { messages, .. } = e { *messages } else { 0 }).sum();
+            if total == last {
+                quiet += 1;
+                if quiet >= 2 {
+                    return Ok(());
+                }
+            } else {
+                quiet = 0;
+            }
+            last = total;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn open_batch(&mut self, count: usize, cookies: &[String], room: Option<&str>, ping_every_ms: u64) -> Result<Opened, String> {
         let per = self.layout.per_process.max(1);
         let total_after: usize = self.shards.iter().map(|s| s.sockets).sum::<usize>() + count;
         let need_children = total_after.div_ceil(per) > 1;
@@ -244,6 +295,8 @@ pub struct IdleReport {
     pub sockets: usize,
     pub opened: Opened,
     pub checked: Checked,
+    /// Before any user was registered.
+    pub rss_start_kib: Option<u64>,
     pub rss_before_kib: Option<u64>,
     pub rss_connected_kib: Option<u64>,
     pub rss_held_kib: Option<u64>,
@@ -261,6 +314,7 @@ impl IdleReport {
 }
 
 pub async fn idle(bench: &mut Bench, sockets: usize, users: usize, hold: Duration) -> Result<IdleReport, String> {
+    let rss_start_kib = bench.rss_kib();
     let accounts = bench.register_users(users).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before_kib = bench.rss_kib();
@@ -269,7 +323,7 @@ pub async fn idle(bench: &mut Bench, sockets: usize, users: usize, hold: Duratio
     tokio::time::sleep(hold).await;
     let rss_held_kib = bench.rss_kib();
     let checked = bench.check().await?;
-    Ok(IdleReport { sockets, opened, checked, rss_before_kib, rss_connected_kib, rss_held_kib, hold })
+    Ok(IdleReport { sockets, opened, checked, rss_start_kib, rss_before_kib, rss_connected_kib, rss_held_kib, hold })
 }
 
 // ---------------------------------------------------------------- handshake

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tether_protocol::ClientFrame;
 use tokio::sync::{mpsc, oneshot};
@@ -152,8 +152,13 @@ async fn run_socket(mut ws: Ws, mut cmds: mpsc::Receiver<SockCmd>, shared: Arc<S
                 }
             },
             _ = ticker.tick(), if ping_every.is_some() => {
-                if pending.is_some() {
-                    shared.ping_missing.fetch_add(1, Ordering::Relaxed);
+                match &pending {
+                    // A checker waits on this socket's ping: leave it be.
+                    Some((_, _, Some(_))) => continue,
+                    Some((_, _, None)) => {
+                        shared.ping_missing.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {}
                 }
                 next_ref += 1;
                 if ws::send(&mut ws, &ClientFrame::Ping, next_ref).await.is_err() {
