@@ -235,18 +235,36 @@ impl Indexes {
         }
     }
 
-    fn send_presence_of_rooms(&self, id: SocketId) {
-        if let Some(entry) = self.sockets.get(&id) {
-            for room in &entry.rooms {
+    /// Whether a user has a socket other than `except` in the room.
+    fn user_in_room_elsewhere(&self, user_id: &str, room: &str, except: SocketId) -> bool {
+        self.by_user.get(user_id).is_some_and(|ids| {
+            ids.iter().any(|other| *other != except && self.sockets.get(other).is_some_and(|e| e.rooms.contains(room)))
+        })
+    }
+
+    /// Whether adding or removing this socket changes the room's member list:
+    /// not when another socket of the same user stays or already is there.
+    fn changes_members(&self, id: SocketId, binding: &Binding, room: &str) -> bool {
+        binding.user().is_none_or(|user| !self.user_in_room_elsewhere(&user.id, room, id))
+    }
+
+    /// Rebinds a socket and sends presence to each of its rooms whose member list changed.
+    fn rebind_in_rooms(&mut self, id: SocketId, binding: Binding) -> Option<Binding> {
+        let rooms: Vec<Arc<str>> = self.sockets.get(&id)?.rooms.iter().cloned().collect();
+        let before: Vec<Vec<Member>> = rooms.iter().map(|room| self.members(room)).collect();
+        let old = self.rebind(id, binding)?;
+        for (room, before) in rooms.iter().zip(before) {
+            if self.members(room) != before {
                 self.send_presence(room);
             }
         }
+        Some(old)
     }
 
     /// Takes the user away from one socket: it becomes a guest (or is closed
     /// with 4401 when guests are off), keeping its rooms.
     fn unbind(&mut self, id: SocketId, reason: &str, notice: Option<UnbindReason>, allow_guests: bool) {
-        let Some(old) = self.rebind(id, Binding::guest()) else { return };
+        let Some(old) = self.rebind_in_rooms(id, Binding::guest()) else { return };
         tracing::info!(
             socket_id = %self.sockets[&id].public_id,
             user_id = old.user().map(|u| u.id.as_str()).unwrap_or("-"),
@@ -257,9 +275,7 @@ impl Indexes {
             self.send(id, Outbound::Text(text(&ServerFrame::Unbound { reason })));
         }
         self.send(id, Outbound::Deadline(None));
-        if allow_guests {
-            self.send_presence_of_rooms(id);
-        } else {
+        if !allow_guests {
             self.send(id, Outbound::Close(close_code::NOT_AUTHENTICATED, "not_authenticated"));
         }
     }
@@ -332,7 +348,9 @@ impl Registry {
         ix.unindex_binding(id, &entry.binding);
         for room in &entry.rooms {
             remove_index(&mut ix.by_room, room, id);
-            ix.send_presence(room);
+            if ix.changes_members(id, &entry.binding, room) {
+                ix.send_presence(room);
+            }
         }
         tracing::info!(socket_id = %entry.public_id, "socket disconnected");
     }
@@ -365,33 +383,34 @@ impl Registry {
         }
         let user = binding.user()?.clone();
         let deadline = binding.expires_at();
-        ix.rebind(id, binding)?;
-        tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "login", "socket bound");
+        // The ack goes first; the rooms' new presence follows it.
         if let Some(ack) = ack(&user) {
             ix.send(id, Outbound::Text(text(&ack)));
         }
+        ix.rebind_in_rooms(id, binding)?;
+        tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "login", "socket bound");
         ix.send(id, Outbound::Deadline(deadline));
-        ix.send_presence_of_rooms(id);
         Some(user)
     }
 
     /// Makes a socket a guest (a `logout` frame), queueing `ack` with the lock held.
     pub fn unbind_socket(&self, id: SocketId, ack: Option<ServerFrame>) {
         let mut ix = self.write();
-        let Some(old) = ix.rebind(id, Binding::guest()) else { return };
+        if !ix.sockets.contains_key(&id) {
+            return;
+        }
+        if let Some(ack) = ack {
+            ix.send(id, Outbound::Text(text(&ack)));
+        }
+        let Some(old) = ix.rebind_in_rooms(id, Binding::guest()) else { return };
         tracing::info!(
             socket_id = %ix.sockets[&id].public_id,
             user_id = old.user().map(|u| u.id.as_str()).unwrap_or("-"),
             reason = "logout",
             "socket unbound"
         );
-        if let Some(ack) = ack {
-            ix.send(id, Outbound::Text(text(&ack)));
-        }
         ix.send(id, Outbound::Deadline(None));
-        if self.allow_guests {
-            ix.send_presence_of_rooms(id);
-        } else {
+        if !self.allow_guests {
             ix.send(id, Outbound::Close(close_code::NOT_AUTHENTICATED, "not_authenticated"));
         }
     }
@@ -426,10 +445,9 @@ impl Registry {
             else {
                 continue;
             };
-            ix.rebind(id, Binding::User { user: user.clone(), session_id, expires_at });
-            tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "user changed", "socket bound");
             ix.send(id, Outbound::Text(text(&ServerFrame::Bound { user: user.clone(), expires_at: Some(expires_at) })));
-            ix.send_presence_of_rooms(id);
+            ix.rebind_in_rooms(id, Binding::User { user: user.clone(), session_id, expires_at });
+            tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "user changed", "socket bound");
         }
         ids.len()
     }
@@ -439,12 +457,19 @@ impl Registry {
         let mut ix = self.write();
         let room: Arc<str> = room.into();
         let Some(entry) = ix.sockets.get_mut(&id) else { return };
-        entry.rooms.insert(room.clone());
+        let newly_in = entry.rooms.insert(room.clone());
+        let binding = entry.binding.clone();
         insert_index(&mut ix.by_room, room.clone(), id);
         if let Some(ack) = ack {
             ix.send(id, Outbound::Text(text(&ack)));
         }
-        ix.send_presence(&room);
+        if newly_in && ix.changes_members(id, &binding, &room) {
+            ix.send_presence(&room);
+        } else {
+            // The member list is unchanged; the joining socket still learns it.
+            let frame = ServerFrame::Presence { room: room.to_string(), members: ix.members(&room) };
+            ix.send(id, Outbound::Text(text(&frame)));
+        }
     }
 
     /// Removes a socket from a room: `ack` to it, the new presence to the others.
@@ -456,7 +481,10 @@ impl Registry {
         }
         if was_member {
             remove_index(&mut ix.by_room, &Arc::from(room), id);
-            ix.send_presence(room);
+            let binding = ix.sockets[&id].binding.clone();
+            if ix.changes_members(id, &binding, room) {
+                ix.send_presence(room);
+            }
         }
     }
 

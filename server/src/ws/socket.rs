@@ -87,33 +87,62 @@ fn is_too_big(error: axum::Error) -> bool {
     )
 }
 
+/// Most queued frames written before one flush, so a busy socket still reads.
+const WRITE_BATCH: usize = 64;
+
 pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
     let binding = session.map(binding_of).unwrap_or_else(Binding::guest);
     let Connection { id, public_id, mut outbound, evicted } = state.registry.connect(binding);
     publish(&state.registry, ModelEvent::SocketsChanged);
     let (mut sink, mut stream) = socket.split();
     let mut limiter = FrameLimiter::new();
-    let mut expiry: Option<tokio::time::Instant> = None;
+    // One waiter and one timer for the socket's whole life, not one per pass.
+    let eviction = evicted.notified();
+    tokio::pin!(eviction);
+    let expiry = tokio::time::sleep_until(far_future());
+    tokio::pin!(expiry);
+    let mut expiry_armed = false;
 
     loop {
         tokio::select! {
             biased;
-            _ = evicted.notified() => break,
-            queued = outbound.recv() => match queued {
-                Some(Outbound::Text(text)) => {
-                    if sink.send(Message::Text(text)).await.is_err() {
-                        break;
+            _ = &mut eviction => break,
+            queued = outbound.recv() => {
+                let Some(first) = queued else { break };
+                let mut next = Some(first);
+                let mut written = 0;
+                let mut open = true;
+                // Everything already queued goes out with one flush.
+                while let Some(item) = next.take() {
+                    match item {
+                        Outbound::Text(text) => {
+                            if sink.feed(Message::Text(text)).await.is_err() {
+                                open = false;
+                                break;
+                            }
+                            written += 1;
+                        }
+                        Outbound::Deadline(Some(exp)) => {
+                            expiry.as_mut().reset(expiry_instant(exp));
+                            expiry_armed = true;
+                        }
+                        Outbound::Deadline(None) => expiry_armed = false,
+                        Outbound::Close(code, reason) => {
+                            let _ = sink.send(close_message(code, reason)).await;
+                            open = false;
+                            break;
+                        }
+                    }
+                    if written < WRITE_BATCH {
+                        next = outbound.try_recv().ok();
                     }
                 }
-                Some(Outbound::Deadline(exp)) => expiry = exp.map(expiry_instant),
-                Some(Outbound::Close(code, reason)) => {
-                    let _ = sink.send(close_message(code, reason)).await;
+                if !open || (written > 0 && sink.flush().await.is_err()) {
                     break;
                 }
-                None => break,
-            },
-            _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
-                expiry = None;
+            }
+            _ = &mut expiry, if expiry_armed => {
+                expiry_armed = false;
                 state.registry.expire(id);
                 publish(&state.registry, ModelEvent::SocketsChanged);
             }
