@@ -31,6 +31,7 @@ async fn revoke_sessions(
 ) -> ApiResult<StatusCode> {
     store::user_by_id(&state.db, &user_id).await?.ok_or(ApiError::NotFound)?;
     let sessions = store::revoke_user_sessions(&state.db, &user_id).await?;
+    state.sessions.forget_user(&user_id);
     for (session_id, expires_at) in &sessions {
         state.registry.revoke_session(session_id, *expires_at, UnbindReason::Revoked);
     }
@@ -47,6 +48,7 @@ async fn set_role(
     ApiJson(body): ApiJson<SetRoleRequest>,
 ) -> ApiResult<Json<UserResponse>> {
     let user = store::set_role(&state.db, &user_id, body.role).await?.ok_or(ApiError::NotFound)?;
+    state.sessions.forget_user(&user.id);
     let sockets = state.registry.update_user(&user);
     publish(&state.registry, ModelEvent::SocketsChanged);
     tracing::info!(admin_id = %admin.user.id, %user_id, role = user.role.as_str(), sockets, "role changed");

@@ -26,6 +26,7 @@ use tether_protocol::MAX_BODY_BYTES;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
+use auth::sessions::SessionCache;
 use auth::throttle::LoginThrottle;
 use auth::token::Keys;
 use config::Settings;
@@ -39,6 +40,7 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub registry: Arc<Registry>,
     pub throttle: Arc<LoginThrottle>,
+    pub sessions: Arc<SessionCache>,
     /// Verified against when a login names an unknown email.
     pub decoy_hash: Arc<str>,
     pub leptos: LeptosOptions,
@@ -80,6 +82,7 @@ impl AppState {
             keys: Arc::new(Keys::new(&secret)),
             registry: Arc::new(Registry::new(settings.allow_guests)),
             throttle: Arc::default(),
+            sessions: Arc::default(),
             decoy_hash: decoy_hash.into(),
             leptos: settings.leptos.clone(),
             settings: Arc::new(settings),

@@ -1,6 +1,7 @@
 //! Accounts and sessions: `/api/auth/*`, the session cookie and its extractors.
 
 pub mod password;
+pub mod sessions;
 pub mod store;
 pub mod throttle;
 pub mod token;
@@ -50,7 +51,7 @@ pub async fn session_from_headers(state: &AppState, headers: &HeaderMap) -> ApiR
     let Some(claims) = jar.get(COOKIE_NAME).and_then(|c| state.keys.verify(c.value())) else {
         return Ok(None);
     };
-    let session = store::live_session(&state.db, &claims.sid).await?;
+    let session = state.sessions.live(&state.db, &claims.sid).await?;
     Ok(session.filter(|s| s.user.id == claims.sub))
 }
 
@@ -189,6 +190,7 @@ async fn login(
     // Configuration wins over a stored demotion.
     if user.role != Role::Admin && state.settings.is_admin_email(&user.email) {
         user = store::set_role(&state.db, &user.id, Role::Admin).await?.ok_or(ApiError::BadCredentials)?;
+        state.sessions.forget_user(&user.id);
     }
     let (jar, body) = start_session(&state, jar, user).await?;
     Ok((jar, Json(body)))
@@ -197,6 +199,7 @@ async fn login(
 async fn logout(State(state): State<AppState>, caller: CallerSockets, jar: CookieJar) -> ApiResult<impl IntoResponse> {
     if let Some(session) = caller.session() {
         store::revoke_session(&state.db, &session.id).await?;
+        state.sessions.forget(&session.id);
         caller.unbind(UnbindReason::Logout);
         publish(&state.registry, ModelEvent::SocketsChanged);
         tracing::info!(user_id = %session.user.id, "session logged out");

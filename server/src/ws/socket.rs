@@ -218,7 +218,7 @@ async fn dispatch(state: &AppState, id: SocketId, reference: Option<i64>, frame:
     match frame {
         ClientFrame::Login { ticket } => {
             let session = match auth_store::take_ticket(&state.db, &ticket).await? {
-                Some(session_id) => auth_store::live_session(&state.db, &session_id).await?,
+                Some(session_id) => state.sessions.live(&state.db, &session_id).await?,
                 None => None,
             };
             let bound = session.and_then(|session| {
