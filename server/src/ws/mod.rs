@@ -1,5 +1,6 @@
 //! `GET /ws`: the cookie-authenticated upgrade, and the registry behind it.
 
+mod queue;
 pub mod registry;
 mod socket;
 

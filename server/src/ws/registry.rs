@@ -24,7 +24,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use axum::extract::ws::Utf8Bytes;
 use rand::Rng;
 use tether_protocol::{close_code, LiveSocket, Member, Role, ServerFrame, UnbindReason, User};
-use tokio::sync::{mpsc, Notify};
+
+use super::queue::Queue;
 
 use crate::db::{now_rfc3339, now_unix};
 
@@ -109,15 +110,13 @@ pub enum Audience<'a> {
 pub struct Connection {
     pub id: SocketId,
     pub public_id: Arc<str>,
-    pub outbound: mpsc::Receiver<Outbound>,
-    /// Notified when the socket fell too far behind and must be dropped.
-    pub evicted: Arc<Notify>,
+    /// Ends (`None`) when the socket fell too far behind and must be dropped.
+    pub outbound: Arc<Queue<Outbound>>,
 }
 
 struct Entry {
     public_id: Arc<str>,
-    queue: mpsc::Sender<Outbound>,
-    evicted: Arc<Notify>,
+    queue: Arc<Queue<Outbound>>,
     binding: Binding,
     rooms: BTreeSet<Arc<str>>,
     connected_at: String,
@@ -164,9 +163,8 @@ impl Indexes {
     /// Queues a frame for one socket; a socket whose queue is full is evicted.
     fn send(&self, id: SocketId, outbound: Outbound) {
         if let Some(entry) = self.sockets.get(&id) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = entry.queue.try_send(outbound) {
+            if entry.queue.push(outbound).is_err() {
                 tracing::warn!(socket_id = %entry.public_id, "outbound queue full; dropping slow socket");
-                entry.evicted.notify_one();
             }
         }
     }
@@ -303,8 +301,7 @@ impl Registry {
     pub fn connect(&self, binding: Binding) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let public_id: Arc<str> = format!("{}-{id:x}", self.node).into();
-        let (queue, outbound) = mpsc::channel(OUTBOUND_QUEUE);
-        let evicted = Arc::new(Notify::new());
+        let queue = Arc::new(Queue::new(OUTBOUND_QUEUE));
         let mut ix = self.write();
         // A session revoked while this upgrade was being authenticated binds nothing.
         let binding = match binding {
@@ -329,8 +326,7 @@ impl Registry {
             id,
             Entry {
                 public_id: public_id.clone(),
-                queue,
-                evicted: evicted.clone(),
+                queue: queue.clone(),
                 binding,
                 rooms: BTreeSet::new(),
                 connected_at: now_rfc3339(),
@@ -338,7 +334,7 @@ impl Registry {
         );
         ix.send(id, Outbound::Text(text(&welcome)));
         ix.send(id, Outbound::Deadline(deadline));
-        Connection { id, public_id, outbound, evicted }
+        Connection { id, public_id, outbound: queue }
     }
 
     /// Removes a closed socket; its rooms get the new presence.

@@ -92,13 +92,11 @@ const WRITE_BATCH: usize = 64;
 
 pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
     let binding = session.map(binding_of).unwrap_or_else(Binding::guest);
-    let Connection { id, public_id, mut outbound, evicted } = state.registry.connect(binding);
+    let Connection { id, public_id, outbound } = state.registry.connect(binding);
     publish(&state.registry, ModelEvent::SocketsChanged);
     let (mut sink, mut stream) = socket.split();
     let mut limiter = FrameLimiter::new();
-    // One waiter and one timer for the socket's whole life, not one per pass.
-    let eviction = evicted.notified();
-    tokio::pin!(eviction);
+    // One timer for the socket's whole life, not one per pass.
     let expiry = tokio::time::sleep_until(far_future());
     tokio::pin!(expiry);
     let mut expiry_armed = false;
@@ -106,8 +104,8 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
     loop {
         tokio::select! {
             biased;
-            _ = &mut eviction => break,
-            queued = outbound.recv() => {
+            queued = outbound.pop() => {
+                // `None`: evicted for falling behind.
                 let Some(first) = queued else { break };
                 let mut next = Some(first);
                 let mut written = 0;
@@ -134,7 +132,7 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
                         }
                     }
                     if written < WRITE_BATCH {
-                        next = outbound.try_recv().ok();
+                        next = outbound.try_pop();
                     }
                 }
                 if !open || (written > 0 && sink.flush().await.is_err()) {
@@ -148,7 +146,9 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match limiter.admit() {
-                    Admission::Process => handle_text(&state, id, text.as_str()).await,
+                    // Boxed: the handlers' futures (database queries) are large, and an
+                    // idle socket's task should not carry their space all its life.
+                    Admission::Process => Box::pin(handle_text(&state, id, text.as_str())).await,
                     Admission::Refuse => refuse_rate_limited(&state, id, text.as_str()),
                     Admission::Close => {
                         tracing::warn!(socket_id = %public_id, "frame rate limit exceeded; closing");
