@@ -21,7 +21,7 @@ use crate::AppState;
 
 /// Per-socket read buffer, allocated for every socket: tungstenite's default
 /// reserves 128 KiB. Frames are small; a large one is read in several passes.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 /// Written frames are gathered up to this size before a write (the buffer grows only as used).
 const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 
