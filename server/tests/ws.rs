@@ -386,3 +386,50 @@ async fn an_acked_rebind_is_never_followed_by_frames_for_the_old_user() {
     // The test saw frames for both users, so the check had something to check.
     assert!(seen_for.get(&ann.id()).copied().unwrap_or(0) > 0 && seen_for.get(&bob.id()).copied().unwrap_or(0) > 0, "{seen_for:?}");
 }
+
+#[tokio::test]
+async fn emits_reach_exactly_their_audience() {
+    let server = start().await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    let bob = server.register("bob@x.io", "Bob").await;
+    let ann_phone = server.login("ann@x.io").await;
+    let (mut ann_tab, _) = server.socket(Some(&ann.cookie)).await;
+    let (mut ann_other, _) = server.socket(Some(&ann_phone.cookie)).await;
+    let (mut bob_tab, _) = server.socket(Some(&bob.cookie)).await;
+    let (mut guest, _) = server.socket(None).await;
+    let registry = &server.state.registry;
+    let event = |topic: &str| ServerFrame::Event { topic: topic.into(), data: json!(null) };
+
+    let session_id = server.state.sessions.live(&server.state.db, &claims_sid(&ann.cookie)).await.unwrap().unwrap().id;
+    assert_eq!(registry.emit(Audience::Session(&session_id), &event("session")), 1);
+    assert_eq!(registry.emit(Audience::User(&ann.id()), &event("user")), 2);
+    assert_eq!(registry.emit(Audience::Role(tether_protocol::Role::User), &event("role")), 3);
+    let bound_to_b = |binding: &server::ws::Binding| binding.user().is_some_and(|u| u.name.starts_with('B'));
+    assert_eq!(registry.emit(Audience::Matching(&bound_to_b), &event("matching")), 1);
+    assert_eq!(registry.emit(Audience::All, &event("all")), 4);
+
+    assert_eq!(topics(&mut ann_tab, 4).await, ["session", "user", "role", "all"]);
+    assert_eq!(topics(&mut ann_other, 3).await, ["user", "role", "all"]);
+    assert_eq!(topics(&mut bob_tab, 3).await, ["role", "matching", "all"]);
+    assert_eq!(topics(&mut guest, 1).await, ["all"]);
+    for socket in [&mut ann_tab, &mut ann_other, &mut bob_tab, &mut guest] {
+        socket.expect_silence(Duration::from_millis(100)).await;
+    }
+}
+
+/// The topics of the next `n` events a socket receives.
+async fn topics(socket: &mut common::Socket, n: usize) -> Vec<String> {
+    let mut topics = Vec::new();
+    for _ in 0..n {
+        topics.push(socket.next_of("event").await["topic"].as_str().unwrap().to_string());
+    }
+    topics
+}
+
+/// The session id inside a session cookie's JWT.
+fn claims_sid(cookie: &str) -> String {
+    use base64::Engine;
+    let payload = cookie.trim_start_matches("tether_session=").split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    claims["sid"].as_str().unwrap().to_string()
+}

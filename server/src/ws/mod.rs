@@ -10,7 +10,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use tether_protocol::{close_code, ServerFrame, UnbindReason, MAX_BODY_BYTES};
+use tether_protocol::{close_code, UnbindReason, MAX_BODY_BYTES};
 
 pub use registry::{Audience, Binding, Registry};
 
@@ -68,14 +68,6 @@ pub struct CallerSockets {
 impl CallerSockets {
     pub fn session(&self) -> Option<&Session> {
         self.session.as_ref()
-    }
-
-    /// Sends a frame to every socket of the caller's session.
-    pub fn emit(&self, frame: &ServerFrame) -> usize {
-        match &self.session {
-            Some(session) => self.state.registry.emit(Audience::Session(&session.id), frame),
-            None => 0,
-        }
     }
 
     /// Ends the caller's session on its sockets: each gets `unbound` with `reason`.

@@ -74,10 +74,6 @@ impl Binding {
         }
     }
 
-    pub fn role(&self) -> Option<Role> {
-        self.user().map(|u| u.role)
-    }
-
     fn member(&self) -> Member {
         match self {
             Binding::User { user, .. } => Member { id: Some(user.id.clone()), name: user.name.clone() },
@@ -486,10 +482,6 @@ impl Registry {
 
     pub fn is_in_room(&self, id: SocketId, room: &str) -> bool {
         self.read().sockets.get(&id).is_some_and(|e| e.rooms.contains(room))
-    }
-
-    pub fn members(&self, room: &str) -> Vec<Member> {
-        self.read().members(room)
     }
 
     /// Every live socket, oldest first, for the admin view.

@@ -15,7 +15,6 @@ use server::config::Settings;
 use server::AppState;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -274,8 +273,4 @@ impl Socket {
             panic!("expected no frame, got {message:?}");
         }
     }
-}
-
-pub fn close_code(code: u16) -> CloseCode {
-    CloseCode::from(code)
 }
