@@ -27,6 +27,8 @@ pub enum ApiError {
     ForbiddenOrigin,
     #[error("not found")]
     NotFound,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     #[error("an account with this email already exists")]
     EmailTaken,
     #[error("too many attempts; try again in {retry_after_secs} s")]
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::NotAuthenticated | ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::ForbiddenOrigin => "forbidden_origin",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::EmailTaken => "email_taken",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",

@@ -96,7 +96,7 @@ pub fn app(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(admin::router())
         .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::BadRequest("method not allowed here".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), origin::refuse_foreign_writes));
     Router::new()

@@ -118,6 +118,8 @@ async fn every_request_rule_answers_in_the_error_shape() {
     assert_eq!((too_large.status, too_large.code()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
     let unknown = server.call(Method::GET, "/api/nothing/here").send().await;
     assert_eq!((unknown.status, unknown.code()), (StatusCode::NOT_FOUND, "not_found"));
+    let wrong_method = server.call(Method::GET, "/api/auth/login").send().await;
+    assert_eq!((wrong_method.status, wrong_method.code()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     let health = server.call(Method::GET, "/healthz").send().await;
     assert_eq!(health.status, StatusCode::OK);
 }
@@ -307,10 +309,11 @@ async fn tokens_that_must_never_authenticate() {
 
 #[tokio::test]
 async fn a_session_past_its_expiry_does_not_authenticate() {
-    let server = start_with(&[("TETHER_TOKEN_TTL_SECS", "1")]).await;
+    // Two seconds of lifetime in whole seconds leave at least one for the first check.
+    let server = start_with(&[("TETHER_TOKEN_TTL_SECS", "2")]).await;
     let ann = server.register("ann@x.io", "Ann").await;
     assert_eq!(me(&server, &ann.cookie).await, StatusCode::OK);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     // Within the JWT's small leeway, but the session row has expired.
     assert_eq!(me(&server, &ann.cookie).await, StatusCode::UNAUTHORIZED);
 }
