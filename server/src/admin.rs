@@ -8,7 +8,6 @@ use tether_protocol::{LiveSocketsResponse, SetRoleRequest, UnbindReason, UserRes
 
 use crate::auth::{store, AdminSession};
 use crate::error::{ApiError, ApiResult};
-use crate::events::{publish, ModelEvent};
 use crate::extract::ApiJson;
 use crate::AppState;
 
@@ -35,7 +34,6 @@ async fn revoke_sessions(
     for (session_id, expires_at) in &sessions {
         state.registry.revoke_session(session_id, *expires_at, UnbindReason::Revoked);
     }
-    publish(&state.registry, ModelEvent::SocketsChanged);
     tracing::info!(admin_id = %admin.user.id, %user_id, sessions = sessions.len(), "sessions revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -50,7 +48,6 @@ async fn set_role(
     let user = store::set_role(&state.db, &user_id, body.role).await?.ok_or(ApiError::NotFound)?;
     state.sessions.forget_user(&user.id);
     let sockets = state.registry.update_user(&user);
-    publish(&state.registry, ModelEvent::SocketsChanged);
     tracing::info!(admin_id = %admin.user.id, %user_id, role = user.role.as_str(), sockets, "role changed");
     Ok(Json(UserResponse { user }))
 }

@@ -122,3 +122,21 @@ async fn revoking_sessions_is_a_forced_logout_everywhere() {
     let fresh = server.login("ann@x.io").await;
     assert_eq!(server.call(Method::GET, "/api/auth/me").cookie(&fresh.cookie).send().await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn admins_hear_of_sockets_coming_rebinding_and_going() {
+    let (server, boss, ann) = setup().await;
+    let (mut admin, _) = server.socket(Some(&boss.cookie)).await;
+    let (mut user, _) = server.socket(Some(&ann.cookie)).await;
+    let changed = json!({"type": "event", "topic": "sockets.changed", "data": {}});
+    assert_eq!(admin.next_of("event").await, changed, "a socket connected");
+
+    let (mut guest, _) = server.socket(None).await;
+    assert_eq!(admin.next_of("event").await, changed, "another connected");
+    let ticket = server.ticket(&ann.cookie).await;
+    assert_eq!(guest.request(json!({"type": "login", "ticket": ticket})).await["ok"], true);
+    assert_eq!(admin.next_of("event").await, changed, "it was rebound in place");
+    guest.stream.close(None).await.unwrap();
+    assert_eq!(admin.next_of("event").await, changed, "it went");
+    user.expect_silence(std::time::Duration::from_millis(200)).await;
+}

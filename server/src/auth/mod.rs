@@ -201,7 +201,6 @@ async fn logout(State(state): State<AppState>, caller: CallerSockets, jar: Cooki
         store::revoke_session(&state.db, &session.id).await?;
         state.sessions.forget(&session.id);
         caller.unbind(UnbindReason::Logout);
-        publish(&state.registry, ModelEvent::SocketsChanged);
         tracing::info!(user_id = %session.user.id, "session logged out");
     }
     let expired = session_cookie(&state, String::new(), 0).into_owned();

@@ -285,6 +285,12 @@ impl Registry {
         self.allow_guests
     }
 
+    /// A socket came, went or was rebound: whoever watches the sockets
+    /// (the admin view) hears of it. Called with the lock released.
+    fn announce_change(&self) {
+        crate::events::publish(self, crate::events::ModelEvent::SocketsChanged);
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Indexes> {
         self.indexes.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -330,6 +336,8 @@ impl Registry {
         );
         ix.send(id, Outbound::Text(text(&welcome)));
         ix.send(id, Outbound::Deadline(deadline));
+        drop(ix);
+        self.announce_change();
         Connection { id, public_id, outbound: queue }
     }
 
@@ -345,6 +353,8 @@ impl Registry {
             }
         }
         tracing::info!(socket_id = %entry.public_id, "socket disconnected");
+        drop(ix);
+        self.announce_change();
     }
 
     /// Sends a frame to every socket of the audience, serialized once.
@@ -382,6 +392,8 @@ impl Registry {
         ix.rebind_in_rooms(id, binding)?;
         tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "login", "socket bound");
         ix.send(id, Outbound::Deadline(deadline));
+        drop(ix);
+        self.announce_change();
         Some(user)
     }
 
@@ -405,6 +417,8 @@ impl Registry {
         if !self.allow_guests {
             ix.send(id, Outbound::Close(close_code::NOT_AUTHENTICATED, "not_authenticated"));
         }
+        drop(ix);
+        self.announce_change();
     }
 
     /// A session ended server-side: every socket bound through it is unbound.
@@ -414,8 +428,13 @@ impl Registry {
         ix.revoked.retain(|_, exp| *exp > now);
         ix.revoked.insert(session_id.into(), expires_at);
         let ids: Vec<SocketId> = ix.by_session.get(session_id).into_iter().flatten().copied().collect();
+        let changed = !ids.is_empty();
         for id in ids {
             ix.unbind(id, reason.as_str(), Some(reason), self.allow_guests);
+        }
+        drop(ix);
+        if changed {
+            self.announce_change();
         }
     }
 
@@ -425,6 +444,8 @@ impl Registry {
         let expired = ix.sockets.get(&id).and_then(|e| e.binding.expires_at()).is_some_and(|exp| exp <= now_unix());
         if expired {
             ix.unbind(id, "expired", Some(UnbindReason::Expired), self.allow_guests);
+            drop(ix);
+            self.announce_change();
         }
     }
 
@@ -440,6 +461,10 @@ impl Registry {
             ix.send(id, Outbound::Text(text(&ServerFrame::Bound { user: user.clone(), expires_at: Some(expires_at) })));
             ix.rebind_in_rooms(id, Binding::User { user: user.clone(), session_id, expires_at });
             tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "user changed", "socket bound");
+        }
+        drop(ix);
+        if !ids.is_empty() {
+            self.announce_change();
         }
         ids.len()
     }

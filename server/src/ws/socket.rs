@@ -14,7 +14,6 @@ use super::registry::{Binding, Connection, Outbound, SocketId};
 use crate::auth::store::{self as auth_store, Session};
 use crate::db::now_unix;
 use crate::error::ApiError;
-use crate::events::{publish, ModelEvent};
 use crate::rooms;
 use crate::AppState;
 
@@ -93,7 +92,6 @@ const WRITE_BATCH: usize = 64;
 pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
     let binding = session.map(binding_of).unwrap_or_else(Binding::guest);
     let Connection { id, public_id, outbound } = state.registry.connect(binding);
-    publish(&state.registry, ModelEvent::SocketsChanged);
     let (mut sink, mut stream) = socket.split();
     let mut limiter = FrameLimiter::new();
     // One timer for the socket's whole life, not one per pass.
@@ -142,7 +140,6 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
             _ = &mut expiry, if expiry_armed => {
                 expiry_armed = false;
                 state.registry.expire(id);
-                publish(&state.registry, ModelEvent::SocketsChanged);
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(text))) => match limiter.admit() {
@@ -171,7 +168,6 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
         }
     }
     state.registry.disconnect(id);
-    publish(&state.registry, ModelEvent::SocketsChanged);
 }
 
 /// Answers a frame: an `ack` when it carried a usable `ref`, else an `error`
@@ -227,12 +223,8 @@ async fn dispatch(state: &AppState, id: SocketId, reference: Option<i64>, frame:
             if bound.is_none() {
                 return Err(ApiError::invalid("invalid_ticket", "the ticket is unknown, expired or already used"));
             }
-            publish(&state.registry, ModelEvent::SocketsChanged);
         }
-        ClientFrame::Logout => {
-            state.registry.unbind_socket(id, ok(Map::new()));
-            publish(&state.registry, ModelEvent::SocketsChanged);
-        }
+        ClientFrame::Logout => state.registry.unbind_socket(id, ok(Map::new())),
         ClientFrame::Whoami => {
             let binding = state.registry.binding(id).unwrap_or_else(Binding::guest);
             let fields = to_fields(&WhoamiAck {
