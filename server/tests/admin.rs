@@ -126,17 +126,18 @@ async fn revoking_sessions_is_a_forced_logout_everywhere() {
 #[tokio::test]
 async fn admins_hear_of_sockets_coming_rebinding_and_going() {
     let (server, boss, ann) = setup().await;
-    let (mut admin, _) = server.socket(Some(&boss.cookie)).await;
-    let (mut user, _) = server.socket(Some(&ann.cookie)).await;
     let changed = json!({"type": "event", "topic": "sockets.changed", "data": {}});
-    assert_eq!(admin.next_of("event").await, changed, "a socket connected");
-
+    let (mut admin, _) = server.socket(Some(&boss.cookie)).await;
+    assert_eq!(admin.next_of("event").await, changed, "its own connection");
+    let (mut user, _) = server.socket(Some(&ann.cookie)).await;
+    assert_eq!(admin.next_of("event").await, changed, "a user connected");
     let (mut guest, _) = server.socket(None).await;
-    assert_eq!(admin.next_of("event").await, changed, "another connected");
+    assert_eq!(admin.next_of("event").await, changed, "a guest connected");
     let ticket = server.ticket(&ann.cookie).await;
     assert_eq!(guest.request(json!({"type": "login", "ticket": ticket})).await["ok"], true);
-    assert_eq!(admin.next_of("event").await, changed, "it was rebound in place");
+    assert_eq!(admin.next_of("event").await, changed, "rebound in place");
     guest.stream.close(None).await.unwrap();
     assert_eq!(admin.next_of("event").await, changed, "it went");
-    user.expect_silence(std::time::Duration::from_millis(200)).await;
+    admin.expect_silence(std::time::Duration::from_millis(200)).await;
+    user.expect_silence(std::time::Duration::from_millis(10)).await;
 }
