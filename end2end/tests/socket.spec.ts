@@ -234,4 +234,46 @@ test.describe('bound socket', () => {
       await expect(badge(page)).toHaveText('disconnected (4401): log in to connect');
     });
   });
+
+  test.describe('a short session lifetime', () => {
+    let server: ServerProcess | null = null;
+
+    test.afterEach(async () => {
+      if (server) {
+        await server.dispose();
+        server = null;
+      }
+    });
+
+    test('a session that expires under an open page unbinds its socket in place', async ({ page }) => {
+      test.setTimeout(90_000);
+      server = new ServerProcess('127.0.0.1:3109', undefined, { TETHER_TOKEN_TTL_SECS: '4' });
+      await server.start();
+      const origin = server.origin;
+      const account = newAccount('Brief');
+      const res = await fetch(`${origin}/api/auth/register`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ email: account.email, name: account.name, password: account.password }),
+      });
+      expect(res.status).toBe(201);
+
+      await page.goto(`${origin}/login`);
+      const socketId = await waitOnlineAsGuest(page);
+      await submitLogin(page, account.email, account.password);
+      await expect(badge(page)).toHaveText(`online as ${account.name}`);
+      await expect(userName(page)).toHaveText(account.name);
+
+      // Four seconds later the server takes the user away: same socket, now a guest.
+      await expect(logEntries(page, 'unbound').first()).toContainText('expired', { timeout: 15_000 });
+      await expect(userName(page)).toHaveText('Guest');
+      await expect(badge(page)).toHaveText(/^online as guest guest-\d+$/);
+      await expect(socketIdOf(page)).toHaveText(socketId);
+
+      // The expired cookie binds nothing after a reload either.
+      await page.reload();
+      await waitOnlineAsGuest(page);
+      await expect(userName(page)).toHaveText('Guest');
+    });
+  });
 });
