@@ -189,8 +189,24 @@ test.describe('bound socket', () => {
     });
   });
 
-  test.describe('guests switched off', () => {
+  test.describe('on a private server with other settings', () => {
     let server: ServerProcess | null = null;
+
+    async function startServer(addr: string, env: Record<string, string>): Promise<string> {
+      server = new ServerProcess(addr, undefined, env);
+      await server.start();
+      return server.origin;
+    }
+
+    /** Registers an account from outside the browser, so the page stays a guest until it logs in. */
+    async function registerElsewhere(origin: string, account: ReturnType<typeof newAccount>): Promise<void> {
+      const res = await fetch(`${origin}/api/auth/register`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ email: account.email, name: account.name, password: account.password }),
+      });
+      expect(res.status).toBe(201);
+    }
 
     test.afterEach(async () => {
       if (server) {
@@ -199,11 +215,9 @@ test.describe('bound socket', () => {
       }
     });
 
-    test('a guest socket is closed with 4401 and not retried; logging in connects it', async ({ page }) => {
+    test('guests off: a guest socket is closed with 4401 and not retried; logging in connects it', async ({ page }) => {
       test.setTimeout(90_000);
-      server = new ServerProcess('127.0.0.1:3108', undefined, { TETHER_ALLOW_GUESTS: 'false' });
-      await server.start();
-      const origin = server.origin;
+      const origin = await startServer('127.0.0.1:3108', { TETHER_ALLOW_GUESTS: 'false' });
       const account = newAccount('Member');
 
       await page.goto(`${origin}/login`);
@@ -212,13 +226,7 @@ test.describe('bound socket', () => {
       await expect(logEntries(page, 'reconnect_failed')).toHaveCount(1);
       await expect(socketIdOf(page)).toHaveText('');
 
-      // The account is made elsewhere; this browser logs in through the form.
-      const res = await fetch(`${origin}/api/auth/register`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ email: account.email, name: account.name, password: account.password }),
-      });
-      expect(res.status).toBe(201);
+      await registerElsewhere(origin, account);
       // No retry happened meanwhile (a final close waits for a user action).
       await expect(logEntries(page, 'reconnect_attempt')).toHaveCount(0);
 
@@ -233,30 +241,12 @@ test.describe('bound socket', () => {
       await expect(userName(page)).toHaveText('Guest');
       await expect(badge(page)).toHaveText('disconnected (4401): log in to connect');
     });
-  });
-
-  test.describe('a short session lifetime', () => {
-    let server: ServerProcess | null = null;
-
-    test.afterEach(async () => {
-      if (server) {
-        await server.dispose();
-        server = null;
-      }
-    });
 
     test('a session that expires under an open page unbinds its socket in place', async ({ page }) => {
       test.setTimeout(90_000);
-      server = new ServerProcess('127.0.0.1:3109', undefined, { TETHER_TOKEN_TTL_SECS: '4' });
-      await server.start();
-      const origin = server.origin;
+      const origin = await startServer('127.0.0.1:3109', { TETHER_TOKEN_TTL_SECS: '4' });
       const account = newAccount('Brief');
-      const res = await fetch(`${origin}/api/auth/register`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ email: account.email, name: account.name, password: account.password }),
-      });
-      expect(res.status).toBe(201);
+      await registerElsewhere(origin, account);
 
       await page.goto(`${origin}/login`);
       const socketId = await waitOnlineAsGuest(page);
