@@ -1,9 +1,11 @@
 //! Settings: `Leptos.toml` holds the defaults, environment variables override them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use leptos::config::LeptosOptions;
 use serde::Deserialize;
 
@@ -27,6 +29,122 @@ struct TetherTable {
     admin_emails: String,
     allow_guests: bool,
     cookie_secure: String,
+    trusted_proxies: String,
+    #[serde(flatten)]
+    limits: LimitsTable,
+}
+
+/// The resource limits of the `[tether]` table, as numbers (seconds or counts).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct LimitsTable {
+    header_read_timeout_secs: u64,
+    request_timeout_secs: u64,
+    max_connections: u64,
+    max_connections_per_address: u64,
+    ping_interval_secs: u64,
+    pong_timeout_secs: u64,
+    write_timeout_secs: u64,
+    close_timeout_secs: u64,
+    socket_idle_timeout_secs: u64,
+    session_recheck_secs: u64,
+    registrations_per_minute: u64,
+    rooms_per_minute_per_user: u64,
+    rooms_per_minute_per_address: u64,
+}
+
+/// Every resource one client can make the server hold, bounded in one place
+/// (issue 10). Defaults live in `Leptos.toml`'s `[tether]` table under the
+/// kebab-case key named on each field; the `TETHER_*` variable of the same name
+/// (upper case, dashes as underscores) overrides it. Durations are read as
+/// whole seconds, counts as plain integers; timeouts and counts must be at
+/// least 1 (`session-recheck-secs` may be 0: every use rereads the database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `header-read-timeout-secs` (10): time a connection may take to send a
+    /// request head, counted from its accept and, between requests, from the
+    /// end of the previous one. An idle, silent or byte-a-second connection
+    /// (an unfinished upgrade included) is closed when it runs out. Rule: PROTOCOL.md
+    /// "connections that never finish their HTTP request or upgrade are closed after a timeout".
+    pub header_read_timeout: Duration,
+    /// `request-timeout-secs` (30): time an `/api` request may take from its
+    /// head to its answer, so its whole body must arrive within it; else 408
+    /// `request_timeout` in the error shape. Rule: issue 10 item 2.
+    pub request_timeout: Duration,
+    /// `max-connections` (10000): open TCP connections in total, HTTP and
+    /// upgraded WebSockets alike; one more is closed at once. Rule: issue 10.
+    pub max_connections: usize,
+    /// `max-connections-per-address` (2048): open TCP connections from one
+    /// client (peer) address; one more is closed at once. Generous, since the
+    /// load tests open about 1000 sockets from 127.0.0.1. Rule: issue 10.
+    pub max_connections_per_address: usize,
+    /// `ping-interval-secs` (20): the server pings every WebSocket this often.
+    /// Rule: PROTOCOL.md "The server pings every socket on an interval".
+    pub ping_interval: Duration,
+    /// `pong-timeout-secs` (20): a socket whose pong has not come this long
+    /// after a ping is closed. Rule: PROTOCOL.md "closes one that stops answering".
+    pub pong_timeout: Duration,
+    /// `write-timeout-secs` (10): one write to a socket may block this long
+    /// before the socket is dropped (a client that stopped reading). Rule: issue 10 item 7.
+    pub write_timeout: Duration,
+    /// `close-timeout-secs` (5): after sending its Close frame the server waits
+    /// this long for the peer's Close, reading (and discarding) what still
+    /// arrives, before dropping TCP. Rule: RFC 6455 7.1.1, issue 10 item 3.
+    pub close_timeout: Duration,
+    /// `socket-idle-timeout-secs` (60): a WebSocket that sends nothing at all
+    /// (no frame, no pong) this long is closed. Rule: issue 10 item 2.
+    pub socket_idle_timeout: Duration,
+    /// `session-recheck-secs` (5): a cached session and its user are trusted
+    /// this long before they are read again from the database, so a deleted or
+    /// changed user stops (or changes) authenticating within it. Rule: issue 10 item 8.
+    pub session_recheck: Duration,
+    /// `registrations-per-minute` (30): `POST /api/auth/register` from one client
+    /// address, a minute, also the burst; beyond it 429 `rate_limited` with
+    /// `Retry-After`. Rule: PROTOCOL.md v2, register row.
+    pub registrations_per_minute: NonZeroU32,
+    /// `rooms-per-minute-per-user` (10): `POST /api/rooms` by one user, a
+    /// minute, also the burst; beyond it 429 `rate_limited`. Rule: PROTOCOL.md v2.
+    pub rooms_per_minute_per_user: NonZeroU32,
+    /// `rooms-per-minute-per-address` (30): `POST /api/rooms` from one client
+    /// address, a minute, also the burst; beyond it 429 `rate_limited`. Rule: PROTOCOL.md v2.
+    pub rooms_per_minute_per_address: NonZeroU32,
+}
+
+impl LimitsTable {
+    fn resolve(&self, var: &impl Fn(&str) -> Option<String>) -> Result<Limits, ConfigError> {
+        let number = |name: &'static str, default: u64, min: u64| -> Result<u64, ConfigError> {
+            let value = match var(name) {
+                Some(v) => v.trim().parse::<u64>().map_err(|e| invalid(name, e))?,
+                None => default,
+            };
+            if value < min {
+                return Err(invalid(name, format!("must be at least {min}")));
+            }
+            Ok(value)
+        };
+        let secs = |name, default| number(name, default, 1).map(Duration::from_secs);
+        let count = |name, default| number(name, default, 1).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let rate = |name: &'static str, default| {
+            number(name, default, 1).and_then(|n| {
+                u32::try_from(n).ok().and_then(NonZeroU32::new).ok_or_else(|| invalid(name, "too large"))
+            })
+        };
+        Ok(Limits {
+            header_read_timeout: secs("TETHER_HEADER_READ_TIMEOUT_SECS", self.header_read_timeout_secs)?,
+            request_timeout: secs("TETHER_REQUEST_TIMEOUT_SECS", self.request_timeout_secs)?,
+            max_connections: count("TETHER_MAX_CONNECTIONS", self.max_connections)?,
+            max_connections_per_address: count("TETHER_MAX_CONNECTIONS_PER_ADDRESS", self.max_connections_per_address)?,
+            ping_interval: secs("TETHER_PING_INTERVAL_SECS", self.ping_interval_secs)?,
+            pong_timeout: secs("TETHER_PONG_TIMEOUT_SECS", self.pong_timeout_secs)?,
+            write_timeout: secs("TETHER_WRITE_TIMEOUT_SECS", self.write_timeout_secs)?,
+            close_timeout: secs("TETHER_CLOSE_TIMEOUT_SECS", self.close_timeout_secs)?,
+            socket_idle_timeout: secs("TETHER_SOCKET_IDLE_TIMEOUT_SECS", self.socket_idle_timeout_secs)?,
+            session_recheck: number("TETHER_SESSION_RECHECK_SECS", self.session_recheck_secs, 0).map(Duration::from_secs)?,
+            registrations_per_minute: rate("TETHER_REGISTRATIONS_PER_MINUTE", self.registrations_per_minute)?,
+            rooms_per_minute_per_user: rate("TETHER_ROOMS_PER_MINUTE_PER_USER", self.rooms_per_minute_per_user)?,
+            rooms_per_minute_per_address: rate("TETHER_ROOMS_PER_MINUTE_PER_ADDRESS", self.rooms_per_minute_per_address)?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +167,10 @@ pub struct Settings {
     pub admin_emails: Vec<String>,
     pub allow_guests: bool,
     pub cookie_secure: bool,
+    /// `TETHER_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed
+    /// for the client address (default: none).
+    pub trusted_proxies: Vec<IpNet>,
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -121,6 +243,11 @@ impl Settings {
             v if v.trim().is_empty() => public_origin.starts_with("https://"),
             v => parse_bool("TETHER_COOKIE_SECURE", &v)?,
         };
+        let trusted_proxies = split_list(&get("TETHER_TRUSTED_PROXIES", table.trusted_proxies))
+            .into_iter()
+            .map(|entry| parse_cidr(&entry).ok_or_else(|| invalid("TETHER_TRUSTED_PROXIES", format!("{entry:?} is not a CIDR"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let limits = table.limits.resolve(&var)?;
 
         Ok(Settings {
             leptos,
@@ -133,6 +260,8 @@ impl Settings {
             admin_emails,
             allow_guests,
             cookie_secure,
+            trusted_proxies,
+            limits,
         })
     }
 
@@ -147,6 +276,12 @@ impl Settings {
 
     pub fn is_allowed_origin(&self, origin: &str) -> bool {
         self.allowed_origins.iter().any(|allowed| allowed == origin)
+    }
+
+    /// Whether a peer at `ip` is a trusted proxy (its `X-Forwarded-For` counts).
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -178,6 +313,11 @@ pub fn normalize_origin(value: &str) -> Option<String> {
         return None;
     }
     Some(value)
+}
+
+/// `10.0.0.0/8`, `::1/128`, or a bare address (a one-address block).
+fn parse_cidr(entry: &str) -> Option<IpNet> {
+    entry.parse::<IpNet>().ok().or_else(|| entry.parse::<IpAddr>().ok().map(IpNet::from)).map(|net| net.trunc())
 }
 
 /// For a loopback site address, browsers may also use `localhost`.
@@ -213,6 +353,39 @@ mod tests {
         assert!(s.allow_guests);
         assert!(!s.cookie_secure);
         assert!(s.jwt_secret.is_none());
+        assert!(s.trusted_proxies.is_empty());
+        let l = &s.limits;
+        assert_eq!(l.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(l.request_timeout, Duration::from_secs(30));
+        assert_eq!((l.max_connections, l.max_connections_per_address), (10_000, 2048));
+        assert_eq!((l.ping_interval, l.pong_timeout), (Duration::from_secs(20), Duration::from_secs(20)));
+        assert_eq!((l.write_timeout, l.close_timeout), (Duration::from_secs(10), Duration::from_secs(5)));
+        assert_eq!(l.socket_idle_timeout, Duration::from_secs(60));
+        assert_eq!(l.session_recheck, Duration::from_secs(5));
+        assert_eq!(l.registrations_per_minute.get(), 30);
+        assert_eq!((l.rooms_per_minute_per_user.get(), l.rooms_per_minute_per_address.get()), (10, 30));
+    }
+
+    #[test]
+    fn limits_and_proxies_from_variables() {
+        let s = resolve(&[
+            ("TETHER_HEADER_READ_TIMEOUT_SECS", "2"),
+            ("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "7"),
+            ("TETHER_SESSION_RECHECK_SECS", "0"),
+            ("TETHER_ROOMS_PER_MINUTE_PER_USER", "3"),
+            ("TETHER_TRUSTED_PROXIES", "10.1.2.3/8, ::1, 192.168.0.7"),
+        ])
+        .unwrap();
+        assert_eq!(s.limits.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(s.limits.max_connections_per_address, 7);
+        assert_eq!(s.limits.session_recheck, Duration::ZERO);
+        assert_eq!(s.limits.rooms_per_minute_per_user.get(), 3);
+        assert!(s.is_trusted_proxy("10.200.0.1".parse().unwrap()));
+        assert!(s.is_trusted_proxy("::ffff:10.0.0.9".parse().unwrap()), "IPv4-mapped counts as IPv4");
+        assert!(s.is_trusted_proxy("::1".parse().unwrap()));
+        assert!(s.is_trusted_proxy("192.168.0.7".parse().unwrap()));
+        assert!(!s.is_trusted_proxy("192.168.0.8".parse().unwrap()));
+        assert!(!s.is_trusted_proxy("11.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -243,6 +416,12 @@ mod tests {
             ("TETHER_ALLOW_GUESTS", "maybe"),
             ("TETHER_ALLOWED_ORIGINS", "*.evil.test"),
             ("TETHER_PUBLIC_ORIGIN", "ftp://x"),
+            ("TETHER_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("TETHER_TRUSTED_PROXIES", "everyone"),
+            ("TETHER_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("TETHER_MAX_CONNECTIONS", "-1"),
+            ("TETHER_REGISTRATIONS_PER_MINUTE", "0"),
+            ("TETHER_REGISTRATIONS_PER_MINUTE", "99999999999"),
         ] {
             let err = resolve(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

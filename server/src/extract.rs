@@ -5,10 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::config::Settings;
 use crate::error::ApiError;
+use crate::AppState;
 
 /// `Json<T>` whose rejections answer in the contract's error shape:
 /// 415 without a JSON content type, 413 over the body limit, 400 otherwise.
@@ -31,19 +33,105 @@ where
     }
 }
 
-/// The peer address of the connection, for per-client limits.
+/// The client's address, for per-client limits: the connection's peer, or,
+/// when that peer is a trusted proxy (`TETHER_TRUSTED_PROXIES`), the address
+/// its `X-Forwarded-For` names (see [`client_ip`]). `0.0.0.0` for a request
+/// that did not come over a connection (tests calling the router directly).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        Ok(ClientIp(ip))
+        Ok(ClientIp(client_ip(peer, &parts.headers, &state.settings)))
+    }
+}
+
+/// The client address of a request from `peer`. A peer outside the trusted
+/// proxies is the client. From a trusted one, `X-Forwarded-For` (every such
+/// header, in order) is read from the right, since each proxy appends the
+/// address it received from: the first hop that is not itself a trusted proxy
+/// is the client. When every hop is trusted, the leftmost is; when a hop does
+/// not parse as an address, the last trusted hop before it is. IPv4-mapped IPv6
+/// addresses count as the IPv4 address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &Settings) -> IpAddr {
+    let mut client = peer.to_canonical();
+    if !settings.is_trusted_proxy(client) {
+        return client;
+    }
+    let hops: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|hop| !hop.is_empty())
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) else { break };
+        client = ip;
+        if !settings.is_trusted_proxy(ip) {
+            break;
+        }
+    }
+    client
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(proxies: &str) -> Settings {
+        let leptos = leptos::config::LeptosOptions::builder()
+            .output_name("tether")
+            .site_addr("127.0.0.1:3000".parse::<SocketAddr>().unwrap())
+            .build();
+        let file = include_str!("../../Leptos.toml");
+        let proxies = proxies.to_string();
+        Settings::resolve(leptos, file, move |name| (name == "TETHER_TRUSTED_PROXIES").then(|| proxies.clone())).unwrap()
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(X_FORWARDED_FOR, value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let s = settings("10.0.0.0/8");
+        let headers = forwarded(&["203.0.113.9"]);
+        assert_eq!(client_ip(ip("10.1.1.1"), &headers, &s), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("192.0.2.1"), &headers, &s), ip("192.0.2.1"), "an untrusted peer is the client");
+        assert_eq!(client_ip(ip("10.1.1.1"), &HeaderMap::new(), &s), ip("10.1.1.1"), "no header: the proxy itself");
+        let none = settings("");
+        assert_eq!(client_ip(ip("10.1.1.1"), &headers, &none), ip("10.1.1.1"), "by default no proxy is trusted");
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let s = settings("10.0.0.0/8, ::1");
+        // The client forged the first entry; the trusted proxies appended the rest.
+        let headers = forwarded(&["1.1.1.1, 198.51.100.4", "10.0.0.2"]);
+        assert_eq!(client_ip(ip("::1"), &headers, &s), ip("198.51.100.4"));
+        assert_eq!(client_ip(ip("::ffff:10.0.0.3"), &headers, &s), ip("198.51.100.4"), "IPv4-mapped peer");
+        let all_trusted = forwarded(&["10.0.0.9, 10.0.0.8"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &all_trusted, &s), ip("10.0.0.9"));
+        let garbage = forwarded(&["198.51.100.4, unknown, 10.0.0.8"]);
+        assert_eq!(client_ip(ip("10.0.0.1"), &garbage, &s), ip("10.0.0.8"), "stops at what does not parse");
     }
 }
