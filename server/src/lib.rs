@@ -3,11 +3,13 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod origin;
+pub mod rate_limit;
 pub mod rooms;
 pub mod site;
 pub mod ws;
@@ -17,20 +19,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::get;
-use axum::{middleware, Router};
+use axum::{middleware, BoxError, Router};
 use leptos::config::LeptosOptions;
 use sqlx::SqlitePool;
 use tether_protocol::MAX_BODY_BYTES;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use auth::sessions::SessionCache;
 use auth::throttle::LoginThrottle;
 use auth::token::Keys;
 use config::Settings;
+use connections::ConnectionLimits;
 use error::ApiError;
+use rate_limit::RateLimits;
 use ws::Registry;
 
 #[derive(Clone)]
@@ -41,6 +47,10 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub throttle: Arc<LoginThrottle>,
     pub sessions: Arc<SessionCache>,
+    /// Registration and room creation rates.
+    pub rate_limits: Arc<RateLimits>,
+    /// Open connections, counted by the accept loop ([`serve`]).
+    pub connections: Arc<ConnectionLimits>,
     /// Verified against when a login names an unknown email.
     pub decoy_hash: Arc<str>,
     pub leptos: LeptosOptions,
@@ -82,7 +92,9 @@ impl AppState {
             keys: Arc::new(Keys::new(&secret)),
             registry: Arc::new(Registry::new(settings.allow_guests)),
             throttle: Arc::default(),
-            sessions: Arc::default(),
+            sessions: Arc::new(SessionCache::new(settings.limits.session_recheck)),
+            rate_limits: Arc::new(RateLimits::new(&settings.limits)),
+            connections: Arc::new(ConnectionLimits::new(&settings.limits)),
             decoy_hash: decoy_hash.into(),
             leptos: settings.leptos.clone(),
             settings: Arc::new(settings),
@@ -98,7 +110,13 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), origin::refuse_foreign_writes));
+        .layer(middleware::from_fn_with_state(state.clone(), origin::refuse_foreign_writes))
+        // The whole request, its body included, within `request-timeout-secs`; else 408 in the error shape.
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: BoxError| async { ApiError::RequestTimeout }))
+                .timeout(state.settings.limits.request_timeout),
+        );
     Router::new()
         .nest("/api", api)
         .route("/ws", get(ws::upgrade))
@@ -108,11 +126,12 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until SIGTERM or Ctrl-C, then closes every socket with 1001.
+/// Serves until SIGTERM or Ctrl-C, then stops accepting, closes every socket
+/// with 1001 and lets in-flight requests finish. Connections are limited and
+/// timed as [`config::Limits`] says (see [`connections`]).
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
     let registry = state.registry.clone();
-    let shutdown = async move {
-        shutdown_signal().await;
+    let close_sockets = async move {
         tracing::info!("shutting down");
         registry.close_all();
         // Give the sockets a moment to write their close frames.
@@ -123,9 +142,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.settings.limits.clone();
+    let connections = state.connections.clone();
+    connections::serve(listener, app(state), connections, &limits, shutdown_signal(), close_sockets).await
 }
 
 async fn shutdown_signal() {

@@ -121,7 +121,8 @@ async fn start_session(state: &AppState, jar: CookieJar, user: User) -> ApiResul
     Ok((jar.add(session_cookie(state, token, ttl)), AuthResponse { user, ticket }))
 }
 
-fn valid_email(email: &str) -> bool {
+/// Whether `email` (trimmed) is a plausible address of at most 254 bytes.
+pub fn valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else { return false };
     email.len() <= 254
         && !local.is_empty()
@@ -139,9 +140,11 @@ fn valid_name(name: &str) -> bool {
 
 async fn register(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     jar: CookieJar,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    state.rate_limits.register(ip)?;
     let email = body.email.trim();
     let name = body.name.trim();
     if !valid_email(email) {
@@ -177,12 +180,17 @@ async fn login(
 ) -> ApiResult<impl IntoResponse> {
     let email = body.email.trim();
     state.throttle.attempt(ip, email).map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+    if throttle::throttle_key(email).is_none() {
+        // No account can have this email (registration checks the same
+        // syntax), and saying so early reveals nothing: skip the hashing.
+        return Err(ApiError::BadCredentials);
+    }
     let credentials = store::credentials_by_email(&state.db, email).await?;
     // An unknown email still costs one verification, so timing tells nothing.
     let stored = credentials.as_ref().map_or_else(|| state.decoy_hash.to_string(), |c| c.password_hash.clone());
     let verified = password::verify(body.password, stored).await?;
     let Some(credentials) = credentials.filter(|_| verified) else {
-        state.throttle.failed(email);
+        state.throttle.failed(ip, email);
         return Err(ApiError::BadCredentials);
     };
     state.throttle.succeeded(email);

@@ -11,13 +11,20 @@ use crate::error::ApiError;
 /// Each hash or verification holds 19 MiB for a moment: at most this many
 /// run at once, so a burst of registrations cannot take the memory with it.
 static HASHING: Semaphore = Semaphore::const_new(2);
+/// New-password hashes (registration) also need one of these first, so they
+/// hold at most this many of the [`HASHING`] slots and a login always finds
+/// one free, however many registrations wait (issue 10 item 5).
+static NEW_PASSWORD_HASHING: Semaphore = Semaphore::const_new(1);
 
 async fn off_the_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     let _permit = HASHING.acquire().await.map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(tokio::task::spawn_blocking(work).await?)
 }
 
+/// A new argon2id hash of `password`, waiting its turn among the other new
+/// hashes (one at a time) so that verifications keep a slot of their own.
 pub async fn hash(password: String) -> Result<String, ApiError> {
+    let _turn = NEW_PASSWORD_HASHING.acquire().await.map_err(|e| ApiError::Internal(Box::new(e)))?;
     let hashed = off_the_runtime(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())

@@ -1,21 +1,105 @@
 //! Login throttling: per email (failures) and per client address (attempts).
+//!
+//! Rules (PROTOCOL.md, login row): 10 failed attempts for one email within 15
+//! minutes lock that email for every address until the oldest of them is 15
+//! minutes old; 60 attempts a minute from one client address lock that
+//! address for the rest of the minute.
+//!
+//! Memory is bounded (issue 10 item 4): a failure is recorded only for a
+//! syntactically plausible email of at most 254 bytes, lower-cased; an email
+//! keeps at most its last 10 failure instants; one client address can hold at
+//! most [`EMAILS_PER_ADDRESS`] recorded emails and the whole throttle
+//! [`EMAILS_TOTAL`]. Past a cap the email whose last failure is oldest (that
+//! address's own, for the per-address cap) is forgotten first. The per-address
+//! cap is above the 900 distinct emails an address can fail on in 15 minutes at
+//! 60 attempts a minute, so it never weakens the per-email rule at that rate.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const EMAIL_FAILURES: usize = 10;
 const EMAIL_WINDOW: Duration = Duration::from_secs(15 * 60);
 const ADDRESS_ATTEMPTS: usize = 60;
 const ADDRESS_WINDOW: Duration = Duration::from_secs(60);
-/// Keys kept before idle ones are swept.
+/// Addresses kept before idle ones are swept.
 const SWEEP_ABOVE: usize = 10_000;
+/// Longest email recorded, in bytes (RFC 5321's path limit).
+pub const MAX_EMAIL_BYTES: usize = 254;
+/// Recorded emails one client address can hold at once.
+pub const EMAILS_PER_ADDRESS: usize = 1000;
+/// Recorded emails the throttle holds at once, across all addresses.
+pub const EMAILS_TOTAL: usize = 50_000;
 
-#[derive(Default)]
 pub struct LoginThrottle {
-    failures_by_email: Mutex<HashMap<String, VecDeque<Instant>>>,
+    failures: Mutex<Failures>,
     attempts_by_address: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    emails_per_address: usize,
+    emails_total: usize,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        LoginThrottle::with_caps(EMAILS_PER_ADDRESS, EMAILS_TOTAL)
+    }
+}
+
+/// The recorded failures, indexed for oldest-first eviction: each record has
+/// a serial number, renewed at its every failure, so the smallest serial is
+/// the record whose last failure is oldest.
+#[derive(Default)]
+struct Failures {
+    by_email: HashMap<Arc<str>, Record>,
+    by_serial: BTreeMap<u64, Arc<str>>,
+    /// Per client address: the records whose last failure came from it.
+    by_address: HashMap<IpAddr, BTreeMap<u64, Arc<str>>>,
+    next_serial: u64,
+}
+
+struct Record {
+    /// The last failures, oldest first, at most [`EMAIL_FAILURES`].
+    times: VecDeque<Instant>,
+    serial: u64,
+    address: IpAddr,
+}
+
+impl Failures {
+    fn remove(&mut self, email: &str) -> Option<Record> {
+        let record = self.by_email.remove(email)?;
+        self.by_serial.remove(&record.serial);
+        if let Some(own) = self.by_address.get_mut(&record.address) {
+            own.remove(&record.serial);
+            if own.is_empty() {
+                self.by_address.remove(&record.address);
+            }
+        }
+        Some(record)
+    }
+
+    fn insert(&mut self, email: Arc<str>, mut record: Record) {
+        record.serial = self.next_serial;
+        self.next_serial += 1;
+        self.by_serial.insert(record.serial, email.clone());
+        self.by_address.entry(record.address).or_default().insert(record.serial, email.clone());
+        self.by_email.insert(email, record);
+    }
+
+    /// Forgets records whose last failure is out of the window.
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, email)) = self.by_serial.first_key_value() {
+            let stale = self.by_email.get(email).and_then(|r| r.times.back()).is_none_or(|t| now.duration_since(*t) >= EMAIL_WINDOW);
+            if !stale {
+                break;
+            }
+            let email = email.clone();
+            self.remove(&email);
+        }
+    }
+
+    fn oldest_of(&self, address: IpAddr) -> Option<Arc<str>> {
+        self.by_address.get(&address).and_then(|own| own.first_key_value()).map(|(_, email)| email.clone())
+    }
 }
 
 /// Drops instants older than the window; returns the wait until there is
@@ -27,18 +111,32 @@ fn wait_time(times: &mut VecDeque<Instant>, limit: usize, window: Duration, now:
     (times.len() >= limit).then(|| window - now.duration_since(times[times.len() - limit]))
 }
 
-fn sweep<K: std::hash::Hash + Eq>(map: &mut HashMap<K, VecDeque<Instant>>, window: Duration, now: Instant) {
-    if map.len() > SWEEP_ABOVE {
-        map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < window));
-    }
+/// The email as recorded: trimmed and lower-cased, or `None` when it is not
+/// a plausible address of at most [`MAX_EMAIL_BYTES`] (never recorded).
+pub fn throttle_key(email: &str) -> Option<String> {
+    let email = email.trim();
+    (email.len() <= MAX_EMAIL_BYTES && super::valid_email(email)).then(|| email.to_lowercase())
 }
 
 impl LoginThrottle {
+    /// A throttle holding at most `emails_per_address` recorded emails for one
+    /// client address and `emails_total` in all.
+    pub fn with_caps(emails_per_address: usize, emails_total: usize) -> LoginThrottle {
+        LoginThrottle {
+            failures: Mutex::default(),
+            attempts_by_address: Mutex::default(),
+            emails_per_address: emails_per_address.max(1),
+            emails_total: emails_total.max(1),
+        }
+    }
+
     /// Counts one attempt from `address` for `email`; `Err(seconds to wait)` when over a limit.
     pub fn attempt(&self, address: IpAddr, email: &str) -> Result<(), u64> {
         let now = Instant::now();
-        let mut by_address = self.attempts_by_address.lock().expect("throttle lock");
-        sweep(&mut by_address, ADDRESS_WINDOW, now);
+        let mut by_address = lock(&self.attempts_by_address);
+        if by_address.len() > SWEEP_ABOVE {
+            by_address.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < ADDRESS_WINDOW));
+        }
         let attempts = by_address.entry(address).or_default();
         if let Some(wait) = wait_time(attempts, ADDRESS_ATTEMPTS, ADDRESS_WINDOW, now) {
             return Err(wait.as_secs() + 1);
@@ -46,25 +144,73 @@ impl LoginThrottle {
         attempts.push_back(now);
         drop(by_address);
 
-        let mut by_email = self.failures_by_email.lock().expect("throttle lock");
-        if let Some(failures) = by_email.get_mut(&email.to_lowercase()) {
-            if let Some(wait) = wait_time(failures, EMAIL_FAILURES, EMAIL_WINDOW, now) {
+        let Some(key) = throttle_key(email) else { return Ok(()) };
+        let mut failures = lock(&self.failures);
+        if let Some(record) = failures.by_email.get_mut(key.as_str()) {
+            if let Some(wait) = wait_time(&mut record.times, EMAIL_FAILURES, EMAIL_WINDOW, now) {
                 return Err(wait.as_secs() + 1);
             }
         }
         Ok(())
     }
 
-    pub fn failed(&self, email: &str) {
+    /// Records a failed login for `email` from `address` (nothing for an
+    /// implausible email).
+    pub fn failed(&self, address: IpAddr, email: &str) {
+        let Some(key) = throttle_key(email) else { return };
         let now = Instant::now();
-        let mut by_email = self.failures_by_email.lock().expect("throttle lock");
-        sweep(&mut by_email, EMAIL_WINDOW, now);
-        by_email.entry(email.to_lowercase()).or_default().push_back(now);
+        let mut failures = lock(&self.failures);
+        failures.expire(now);
+        let mut record = match failures.remove(&key) {
+            Some(record) => record,
+            None => {
+                if failures.by_address.get(&address).is_some_and(|own| own.len() >= self.emails_per_address) {
+                    if let Some(oldest) = failures.oldest_of(address) {
+                        failures.remove(&oldest);
+                    }
+                }
+                if failures.by_email.len() >= self.emails_total {
+                    if let Some((_, oldest)) = failures.by_serial.first_key_value() {
+                        let oldest = oldest.clone();
+                        failures.remove(&oldest);
+                    }
+                }
+                Record { times: VecDeque::with_capacity(EMAIL_FAILURES), serial: 0, address }
+            }
+        };
+        if record.times.len() >= EMAIL_FAILURES {
+            record.times.pop_front();
+        }
+        record.times.push_back(now);
+        record.address = address;
+        failures.insert(key.into(), record);
     }
 
     pub fn succeeded(&self, email: &str) {
-        self.failures_by_email.lock().expect("throttle lock").remove(&email.to_lowercase());
+        if let Some(key) = throttle_key(email) {
+            lock(&self.failures).remove(&key);
+        }
     }
+
+    /// Emails recorded now.
+    pub fn len(&self) -> usize {
+        lock(&self.failures).by_email.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of email text and failure instants recorded now (the payload;
+    /// map overhead adds a constant per email).
+    pub fn bytes(&self) -> usize {
+        let failures = lock(&self.failures);
+        failures.by_email.iter().map(|(email, r)| email.len() + r.times.capacity() * size_of::<Instant>()).sum()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -78,7 +224,7 @@ mod tests {
         let throttle = LoginThrottle::default();
         for _ in 0..10 {
             assert!(throttle.attempt(HOME, "a@x.io").is_ok());
-            throttle.failed("A@x.io");
+            throttle.failed(HOME, "A@x.io");
         }
         let wait = throttle.attempt("10.0.0.1".parse().unwrap(), "a@X.io").unwrap_err();
         assert!((899..=901).contains(&wait), "{wait}");
@@ -99,10 +245,61 @@ mod tests {
     fn success_clears_the_failures() {
         let throttle = LoginThrottle::default();
         for _ in 0..9 {
-            throttle.failed("a@x.io");
+            throttle.failed(HOME, "a@x.io");
         }
         throttle.succeeded("a@x.io");
-        throttle.failed("a@x.io");
+        throttle.failed(HOME, "a@x.io");
         assert!(throttle.attempt(HOME, "a@x.io").is_ok());
+        assert_eq!(throttle.len(), 1);
+    }
+
+    #[test]
+    fn implausible_or_long_emails_are_never_recorded() {
+        let throttle = LoginThrottle::default();
+        let long = format!("{}@x.io", "a".repeat(MAX_EMAIL_BYTES));
+        for email in ["", "nobody", "a b@x.io", &"x".repeat(64 * 1024), &long] {
+            throttle.failed(HOME, email);
+        }
+        assert!(throttle.is_empty());
+        let longest = format!("{}@x.io", "a".repeat(MAX_EMAIL_BYTES - 5));
+        throttle.failed(HOME, &longest);
+        assert_eq!(throttle.len(), 1);
+        assert!(throttle.bytes() <= MAX_EMAIL_BYTES + EMAIL_FAILURES * size_of::<Instant>());
+    }
+
+    #[test]
+    fn caps_evict_the_oldest_first() {
+        let throttle = LoginThrottle::with_caps(3, 5);
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        for i in 0..10 {
+            throttle.failed(HOME, &format!("u{i}@x.io"));
+        }
+        assert_eq!(throttle.len(), 3, "one address holds at most 3");
+        for i in 0..3 {
+            throttle.failed(other, &format!("o{i}@x.io"));
+        }
+        assert_eq!(throttle.len(), 5, "at most 5 in all");
+        // The survivors are the newest: u8, u9 of HOME (u7 went for the total cap) and o0..o2.
+        let failures = throttle.failures.lock().unwrap();
+        for kept in ["u8@x.io", "u9@x.io", "o0@x.io", "o1@x.io", "o2@x.io"] {
+            assert!(failures.by_email.contains_key(kept), "{kept}");
+        }
+        assert_eq!(failures.by_serial.len(), 5);
+        assert_eq!(failures.by_address.values().map(BTreeMap::len).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn a_failure_moves_the_email_to_its_latest_address() {
+        let throttle = LoginThrottle::with_caps(2, 100);
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        throttle.failed(HOME, "a@x.io");
+        throttle.failed(other, "a@x.io");
+        throttle.failed(HOME, "b@x.io");
+        throttle.failed(HOME, "c@x.io");
+        assert_eq!(throttle.len(), 3, "a@x.io counts against the other address now");
+        for _ in 0..8 {
+            throttle.failed(HOME, "a@x.io");
+        }
+        assert!(throttle.attempt(other, "a@x.io").is_err(), "10 failures from two addresses lock the email");
     }
 }

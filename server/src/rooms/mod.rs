@@ -31,8 +31,10 @@ async fn list(State(state): State<AppState>) -> ApiResult<Json<RoomsResponse>> {
 async fn create(
     State(state): State<AppState>,
     AuthSession(session): AuthSession,
+    crate::extract::ClientIp(ip): crate::extract::ClientIp,
     ApiJson(body): ApiJson<CreateRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<RoomResponse>)> {
+    state.rate_limits.create_room(&session.user.id, ip)?;
     let name = body.name.trim();
     let chars = name.chars().count();
     if !(1..=MAX_ROOM_NAME_CHARS).contains(&chars) || name.chars().any(char::is_control) {

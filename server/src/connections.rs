@@ -1,0 +1,226 @@
+//! The HTTP accept loop: hyper-util's auto connection builder with a timer
+//! (so the header read timeout works), WebSocket upgrades, the peer address
+//! as `ConnectInfo<SocketAddr>`, connection limits and graceful shutdown.
+//!
+//! Rules (see [`crate::config::Limits`]): every accepted TCP connection holds
+//! one permit of `max-connections` and one of `max-connections-per-address`
+//! for its whole life, an upgraded WebSocket included (the permit lives in the
+//! IO object that the upgrade takes over); a connection over either limit is
+//! closed at once, before a byte is read. A connection that has not sent a
+//! complete request head within `header-read-timeout-secs` is closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
+
+use crate::config::Limits;
+
+/// How long in-flight HTTP requests get to finish once shutdown began.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Counts open connections, in total and per client (peer) address.
+pub struct ConnectionLimits {
+    total: Arc<Semaphore>,
+    max_total: usize,
+    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_per_address: usize,
+}
+
+/// One open connection's share of the limits; released when dropped.
+pub struct ConnectionPermit {
+    _total: OwnedSemaphorePermit,
+    address: IpAddr,
+    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut by_address = lock(&self.by_address);
+        if let Some(open) = by_address.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ConnectionLimits {
+    pub fn new(limits: &Limits) -> ConnectionLimits {
+        let max_total = limits.max_connections.min(Semaphore::MAX_PERMITS);
+        ConnectionLimits {
+            total: Arc::new(Semaphore::new(max_total)),
+            max_total,
+            by_address: Arc::default(),
+            max_per_address: limits.max_connections_per_address,
+        }
+    }
+
+    /// A permit for one more connection from `address`, or `None` when that
+    /// would pass the total or the per-address limit.
+    pub fn admit(&self, address: IpAddr) -> Option<ConnectionPermit> {
+        let address = address.to_canonical();
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        let mut by_address = lock(&self.by_address);
+        let open = by_address.entry(address).or_insert(0);
+        if *open >= self.max_per_address {
+            return None;
+        }
+        *open += 1;
+        Some(ConnectionPermit { _total: total, address, by_address: self.by_address.clone() })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max_total - self.total.available_permits()
+    }
+
+    /// Connections open now from `address`.
+    pub fn open_from(&self, address: IpAddr) -> usize {
+        lock(&self.by_address).get(&address.to_canonical()).copied().unwrap_or(0)
+    }
+}
+
+/// A TCP stream that owns its connection permit: hyper hands this very
+/// object to an upgraded WebSocket, so the permit lives as long as the socket.
+struct PermittedStream {
+    stream: TcpStream,
+    _permit: ConnectionPermit,
+}
+
+impl AsyncRead for PermittedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PermittedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts connections and serves `router` on each until `shutdown`
+/// completes; then stops accepting, runs `before_drain` (closing the
+/// WebSockets), and gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    connections: Arc<ConnectionLimits>,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+    before_drain: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let header_read_timeout = limits.header_read_timeout;
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(permit) = connections.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: over the connection limit");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(PermittedStream { stream, _permit: permit });
+        let request_seen = Arc::new(Notify::new());
+        let service = {
+            let router = router.clone();
+            let request_seen = request_seen.clone();
+            hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                request_seen.notify_one();
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                ServiceExt::<Request>::oneshot(router.clone(), request)
+            })
+        };
+        let connection = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                }
+                () = first_request_deadline(&request_seen, header_read_timeout) => {
+                    tracing::debug!(%peer, "closing a connection that sent no request head in time");
+                }
+            }
+        });
+    }
+    drop(listener);
+    before_drain.await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests still open after {} s; stopping anyway", SHUTDOWN_GRACE.as_secs());
+    }
+    Ok(())
+}
+
+/// Completes when no request head arrived within `timeout` of the accept.
+/// hyper's own header timeout covers every request once HTTP/1 is chosen;
+/// this covers the bytes before that (the auto builder first reads enough
+/// to tell HTTP/1 from HTTP/2, without a timer), such as a silent connection.
+async fn first_request_deadline(request_seen: &Notify, timeout: Duration) {
+    if tokio::time::timeout(timeout, request_seen.notified()).await.is_ok() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Per-connection errors (the peer gave up) are skipped; others, such as
+/// running out of file descriptors, pause accepting for a second.
+async fn accept_failed(error: io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(error.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        return;
+    }
+    tracing::error!(%error, "accept failed; pausing for a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
