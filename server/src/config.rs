@@ -271,7 +271,7 @@ impl Settings {
 
     pub fn is_admin_email(&self, email: &str) -> bool {
         let email = email.to_lowercase();
-        self.admin_emails.iter().any(|a| *a == email)
+        self.admin_emails.contains(&email)
     }
 
     pub fn is_allowed_origin(&self, origin: &str) -> bool {

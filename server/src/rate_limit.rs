@@ -78,10 +78,12 @@ impl RateLimits {
     }
 
     /// One room creation by `user_id` from `address`; 429 `rate_limited` when
-    /// either is past its rate.
+    /// either is past its rate. Every request counts against both, refused
+    /// ones included (as with registration).
     pub fn create_room(&self, user_id: &str, address: IpAddr) -> Result<(), ApiError> {
-        self.rooms_by_user.check(&user_id.to_string())?;
-        self.rooms_by_address.check(&address)
+        let by_user = self.rooms_by_user.check(&user_id.to_string());
+        let by_address = self.rooms_by_address.check(&address);
+        by_user.and(by_address)
     }
 }
 
