@@ -49,13 +49,20 @@ impl ServerProcess {
             .env("TETHER_DATA_DIR", &data_dir)
             .env("LEPTOS_SITE_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
+            // The benchmarks open up to 10,000 sockets per source address and
+            // register hundreds of users from 127.0.0.1: far past the per-client
+            // limits a public server wants (Leptos.toml), so they are raised here.
+            .env("TETHER_MAX_CONNECTIONS", "1000000")
+            .env("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "1000000")
+            .env("TETHER_REGISTRATIONS_PER_MINUTE", "1000000")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         let child = command.spawn()?;
         let shown_bin = bin.strip_prefix(root).unwrap_or(bin).display().to_string();
         let line = format!(
-            "TETHER_DATA_DIR=<fresh tmp dir> LEPTOS_SITE_ADDR={addr} RUST_LOG=warn {}{shown_bin}",
+            "TETHER_DATA_DIR=<fresh tmp dir> LEPTOS_SITE_ADDR={addr} RUST_LOG=warn TETHER_MAX_CONNECTIONS=1000000 \
+             TETHER_MAX_CONNECTIONS_PER_ADDRESS=1000000 TETHER_REGISTRATIONS_PER_MINUTE=1000000 {}{shown_bin}",
             cpu.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
         );
         Ok(ServerProcess { pid: child.id(), child, data_dir, log, addr, command: line })
