@@ -21,6 +21,7 @@ use std::time::Duration;
 use axum::extract::{ConnectInfo, Request};
 use axum::Router;
 use hyper::body::Incoming;
+use ipnet::IpNet;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -29,33 +30,40 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
-use crate::config::Limits;
+use crate::config::{Limits, Settings};
+use crate::extract::client_key;
 
 /// How long in-flight HTTP requests get to finish once shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Counts open connections, in total and per client (peer) address.
+/// Counts open connections, in total and per peer address (an IPv6 peer
+/// counts as its /64, see [`client_key`]). Connections from a trusted proxy
+/// (`TETHER_TRUSTED_PROXIES`) count only against the total: they carry many
+/// clients.
 pub struct ConnectionLimits {
     total: Arc<Semaphore>,
     max_total: usize,
     by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_address: usize,
+    trusted_proxies: Vec<IpNet>,
 }
 
 /// One open connection's share of the limits; released when dropped.
 pub struct ConnectionPermit {
     _total: OwnedSemaphorePermit,
-    address: IpAddr,
+    /// `None` for a trusted proxy, which has no per-address count.
+    address: Option<IpAddr>,
     by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
+        let Some(address) = self.address else { return };
         let mut by_address = lock(&self.by_address);
-        if let Some(open) = by_address.get_mut(&self.address) {
+        if let Some(open) = by_address.get_mut(&address) {
             *open -= 1;
             if *open == 0 {
-                by_address.remove(&self.address);
+                by_address.remove(&address);
             }
         }
     }
@@ -66,28 +74,34 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ConnectionLimits {
-    pub fn new(limits: &Limits) -> ConnectionLimits {
+    pub fn new(settings: &Settings) -> ConnectionLimits {
+        let limits = &settings.limits;
         let max_total = limits.max_connections.min(Semaphore::MAX_PERMITS);
         ConnectionLimits {
             total: Arc::new(Semaphore::new(max_total)),
             max_total,
             by_address: Arc::default(),
             max_per_address: limits.max_connections_per_address,
+            trusted_proxies: settings.trusted_proxies.clone(),
         }
     }
 
-    /// A permit for one more connection from `address`, or `None` when that
+    /// A permit for one more connection from `peer`, or `None` when that
     /// would pass the total or the per-address limit.
-    pub fn admit(&self, address: IpAddr) -> Option<ConnectionPermit> {
-        let address = address.to_canonical();
+    pub fn admit(&self, peer: IpAddr) -> Option<ConnectionPermit> {
         let total = self.total.clone().try_acquire_owned().ok()?;
+        let peer = peer.to_canonical();
+        if self.trusted_proxies.iter().any(|net| net.contains(&peer)) {
+            return Some(ConnectionPermit { _total: total, address: None, by_address: self.by_address.clone() });
+        }
+        let address = client_key(peer);
         let mut by_address = lock(&self.by_address);
         let open = by_address.entry(address).or_insert(0);
         if *open >= self.max_per_address {
             return None;
         }
         *open += 1;
-        Some(ConnectionPermit { _total: total, address, by_address: self.by_address.clone() })
+        Some(ConnectionPermit { _total: total, address: Some(address), by_address: self.by_address.clone() })
     }
 
     /// Connections open now.
@@ -95,9 +109,9 @@ impl ConnectionLimits {
         self.max_total - self.total.available_permits()
     }
 
-    /// Connections open now from `address`.
+    /// Connections open now from `address` (its /64 for IPv6).
     pub fn open_from(&self, address: IpAddr) -> usize {
-        lock(&self.by_address).get(&address.to_canonical()).copied().unwrap_or(0)
+        lock(&self.by_address).get(&client_key(address)).copied().unwrap_or(0)
     }
 }
 
@@ -223,4 +237,47 @@ async fn accept_failed(error: io::Error) {
     }
     tracing::error!(%error, "accept failed; pausing for a second");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(vars: &[(&str, &str)]) -> ConnectionLimits {
+        let leptos = leptos::config::LeptosOptions::builder()
+            .output_name("tether")
+            .site_addr("127.0.0.1:3000".parse::<std::net::SocketAddr>().unwrap())
+            .build();
+        let settings = Settings::resolve(leptos, include_str!("../../Leptos.toml"), |name| {
+            vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        ConnectionLimits::new(&settings)
+    }
+
+    #[test]
+    fn permits_count_per_address_and_in_total_until_dropped() {
+        let limits = limits(&[("TETHER_MAX_CONNECTIONS", "3"), ("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "2")]);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = limits.admit(a).unwrap();
+        let _second = limits.admit("::ffff:10.0.0.1".parse().unwrap()).expect("the same address, IPv4-mapped");
+        assert!(limits.admit(a).is_none(), "a third from one address");
+        assert_eq!(limits.open_from(a), 2);
+        let _other = limits.admit("10.0.0.2".parse().unwrap()).unwrap();
+        assert!(limits.admit("10.0.0.3".parse().unwrap()).is_none(), "a fourth in total");
+        assert_eq!(limits.open(), 3, "refusals hold nothing");
+        drop(first);
+        assert_eq!((limits.open(), limits.open_from(a)), (2, 1));
+        assert!(limits.admit(a).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_trusted_proxy_only_counts_in_the_total() {
+        let limits = limits(&[("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "1"), ("TETHER_TRUSTED_PROXIES", "10.9.0.0/16")]);
+        let _held = limits.admit("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(limits.admit("2001:db8::2".parse().unwrap()).is_none(), "the same /64");
+        assert!(limits.admit("2001:db8:0:1::2".parse().unwrap()).is_some(), "another /64");
+        let proxied: Vec<_> = (0..5).map(|_| limits.admit("10.9.0.1".parse().unwrap()).unwrap()).collect();
+        assert_eq!(limits.open(), 1 + proxied.len(), "the other /64's permit was dropped at once");
+    }
 }

@@ -85,6 +85,17 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &Settings) -> IpAd
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// The key a per-client limit counts under: an IPv4 address itself, an IPv6
+/// address its /64 network (one subscriber's usual allocation, so a client
+/// cannot dodge a limit, or fill its table, by cycling through its own
+/// addresses). IPv4-mapped IPv6 addresses count as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +131,15 @@ mod tests {
         assert_eq!(client_ip(ip("10.1.1.1"), &HeaderMap::new(), &s), ip("10.1.1.1"), "no header: the proxy itself");
         let none = settings("");
         assert_eq!(client_ip(ip("10.1.1.1"), &headers, &none), ip("10.1.1.1"), "by default no proxy is trusted");
+    }
+
+    #[test]
+    fn limits_count_an_ipv6_client_by_its_64() {
+        assert_eq!(client_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("2001:db8:1:2:bbbb::9")), client_key(ip("2001:db8:1:2::7")));
+        assert_ne!(client_key(ip("2001:db8:1:3::1")), client_key(ip("2001:db8:1:2::1")));
+        assert_eq!(client_key(ip("10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(client_key(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl AppState {
             throttle: Arc::default(),
             sessions: Arc::new(SessionCache::new(settings.limits.session_recheck)),
             rate_limits: Arc::new(RateLimits::new(&settings.limits)),
-            connections: Arc::new(ConnectionLimits::new(&settings.limits)),
+            connections: Arc::new(ConnectionLimits::new(&settings)),
             decoy_hash: decoy_hash.into(),
             leptos: settings.leptos.clone(),
             settings: Arc::new(settings),

@@ -13,6 +13,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::extract::client_key;
 
 /// Checks between two sweeps of keys whose limit has fully replenished.
 const SWEEP_EVERY: u64 = 1024;
@@ -72,17 +73,18 @@ impl RateLimits {
         }
     }
 
-    /// One registration from `address`; 429 `rate_limited` past its rate.
+    /// One registration from `address` (an IPv6 one counts as its /64);
+    /// 429 `rate_limited` past its rate.
     pub fn register(&self, address: IpAddr) -> Result<(), ApiError> {
-        self.registrations_by_address.check(&address)
+        self.registrations_by_address.check(&client_key(address))
     }
 
-    /// One room creation by `user_id` from `address`; 429 `rate_limited` when
+    /// One room creation by `user_id` from `address` (an IPv6 one counts as its /64); 429 `rate_limited` when
     /// either is past its rate. Every request counts against both, refused
     /// ones included (as with registration).
     pub fn create_room(&self, user_id: &str, address: IpAddr) -> Result<(), ApiError> {
         let by_user = self.rooms_by_user.check(&user_id.to_string());
-        let by_address = self.rooms_by_address.check(&address);
+        let by_address = self.rooms_by_address.check(&client_key(address));
         by_user.and(by_address)
     }
 }

@@ -5,6 +5,8 @@
 //! minutes old; 60 attempts a minute from one client address lock that
 //! address for the rest of the minute.
 //!
+//! A client address is an IPv4 address or an IPv6 /64 ([`client_key`]).
+//!
 //! Memory is bounded (issue 10 item 4): a failure is recorded only for a
 //! syntactically plausible email of at most 254 bytes, lower-cased; an email
 //! keeps at most its last 10 failure instants; one client address can hold at
@@ -18,6 +20,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::extract::client_key;
 
 const EMAIL_FAILURES: usize = 10;
 const EMAIL_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -132,6 +136,7 @@ impl LoginThrottle {
 
     /// Counts one attempt from `address` for `email`; `Err(seconds to wait)` when over a limit.
     pub fn attempt(&self, address: IpAddr, email: &str) -> Result<(), u64> {
+        let address = client_key(address);
         let now = Instant::now();
         let mut by_address = lock(&self.attempts_by_address);
         if by_address.len() > SWEEP_ABOVE {
@@ -158,6 +163,7 @@ impl LoginThrottle {
     /// implausible email).
     pub fn failed(&self, address: IpAddr, email: &str) {
         let Some(key) = throttle_key(email) else { return };
+        let address = client_key(address);
         let now = Instant::now();
         let mut failures = lock(&self.failures);
         failures.expire(now);
