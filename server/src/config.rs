@@ -78,11 +78,13 @@ pub struct Limits {
     /// client (peer) address; one more is closed at once. Generous, since the
     /// load tests open about 1000 sockets from 127.0.0.1. Rule: issue 10.
     pub max_connections_per_address: usize,
-    /// `ping-interval-secs` (20): the server pings every WebSocket this often.
-    /// Rule: PROTOCOL.md "The server pings every socket on an interval".
+    /// `ping-interval-secs` (20): the server pings every WebSocket this often
+    /// (HTTP/2 connections too, with HTTP/2 pings). Rule: PROTOCOL.md "The
+    /// server pings every socket on an interval".
     pub ping_interval: Duration,
-    /// `pong-timeout-secs` (20): a socket whose pong has not come this long
-    /// after a ping is closed. Rule: PROTOCOL.md "closes one that stops answering".
+    /// `pong-timeout-secs` (20): a socket (or HTTP/2 connection) whose pong has
+    /// not come this long after a ping is closed. Rule: PROTOCOL.md "closes one
+    /// that stops answering".
     pub pong_timeout: Duration,
     /// `write-timeout-secs` (10): one write to a socket may block this long
     /// before the socket is dropped (a client that stopped reading). Rule: issue 10 item 7.

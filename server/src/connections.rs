@@ -163,7 +163,13 @@ pub async fn serve(
 ) -> io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 (prior knowledge) has no header timeout: its connections are
+    // pinged like sockets, so a dead peer lets go of its permit in bounded time.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.ping_interval)
+        .keep_alive_timeout(limits.pong_timeout);
     let header_read_timeout = limits.header_read_timeout;
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
