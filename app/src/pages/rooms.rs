@@ -10,15 +10,26 @@ use tether_protocol::{
 
 use crate::api;
 use crate::session::use_auth;
-use crate::socket::{use_socket, Socket};
+use crate::socket::{merge_messages, use_socket, Socket};
 
-/// Joins a room over the socket: its history replaces what this tab had.
+/// Joins a room over the socket. A tab that already holds some of the room's
+/// messages (a rejoin after a reconnect) asks only for those after the last
+/// one it has (`since`), so nothing sent while it was away is lost.
 pub async fn join(socket: Socket, code: String) -> Result<Room, ErrorBody> {
-    let fields = socket.request(ClientFrame::Join { room: code.clone() }).await?;
+    let since = socket.messages.with_untracked(|all| all.get(&code).and_then(|m| m.last()).map(|m| m.seq));
+    let fields = socket.request(ClientFrame::Join { room: code.clone(), since }).await?;
     let ack: JoinAck =
         serde_json::from_value(Value::Object(fields)).map_err(|e| ErrorBody::new("bad_frame", e.to_string()))?;
     socket.messages.update(|all| {
-        all.insert(code.clone(), ack.history);
+        let held = all.entry(code.clone()).or_default();
+        if since.is_none() || ack.truncated {
+            // A fresh start, or too much was missed to fill the gap: begin again from the newest.
+            held.clear();
+        }
+        merge_messages(held, ack.history);
+    });
+    socket.presence.update(|all| {
+        all.insert(code.clone(), ack.members);
     });
     Ok(ack.room)
 }

@@ -266,6 +266,18 @@ impl Socket {
         }
     }
 
+    /// Closes from the client side and waits for the server's Close reply: by
+    /// then the server has removed the socket from its registry.
+    pub async fn hang_up(mut self) {
+        self.stream.close(None).await.unwrap();
+        loop {
+            match tokio::time::timeout(PATIENCE, self.stream.next()).await.expect("the server answers the close") {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return,
+            }
+        }
+    }
+
     /// Asserts that no frame arrives for a short while.
     pub async fn expect_silence(&mut self, wait: Duration) {
         assert!(self.skipped.is_empty(), "expected no frame, got {:?}", self.skipped);
