@@ -2,6 +2,8 @@
 //! through `oneshot` on the same state, and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
