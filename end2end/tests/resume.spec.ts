@@ -91,3 +91,33 @@ test('a tab that loses its socket resumes its room with every message it missed,
     await readerContext.close();
   }
 });
+
+test('a room with more than a page of history loads older messages on demand', async ({ browser, baseURL }) => {
+  const authorContext = await browser.newContext({ baseURL });
+  const readerContext = await browser.newContext({ baseURL });
+  try {
+    const author = newAccount('Pages');
+    await registerViaApi(authorContext.request, author);
+    const created = await authorContext.request.post('/api/rooms', { data: { name: `Pages ${Date.now().toString(36)}` } });
+    const { room } = await created.json();
+    const authorPage = await authorContext.newPage();
+    await authorPage.goto('/');
+    await waitOnline(authorPage);
+    const texts = Array.from({ length: 61 }, (_, i) => `page ${i + 1}`);
+    await sendOverOwnSocket(authorPage, room.code, texts);
+
+    const reader = await readerContext.newPage();
+    await reader.goto(`/rooms/${room.code}`);
+    await waitOnline(reader);
+    // A join brings the newest 50.
+    await expect(messages(reader)).toHaveCount(50);
+    await expect(messages(reader).first().locator('.text')).toHaveText('page 12');
+    await reader.getByTestId('load-older').click();
+    await expect(messages(reader).locator('.text')).toHaveText(texts);
+    // Nothing older is left to load.
+    await expect(reader.getByTestId('load-older')).toHaveCount(0);
+  } finally {
+    await authorContext.close();
+    await readerContext.close();
+  }
+});
