@@ -127,6 +127,26 @@ impl Socket {
     }
 }
 
+/// Adds messages to a room's list, kept in `seq` order without duplicates
+/// (a message can arrive live and again in a resumed join's history).
+pub fn merge_messages(held: &mut Vec<ChatMessage>, incoming: impl IntoIterator<Item = ChatMessage>) {
+    for message in incoming {
+        match held.binary_search_by_key(&message.seq, |m| m.seq) {
+            Ok(_) => {}
+            Err(at) => held.insert(at, message),
+        }
+    }
+}
+
+/// Applies a `presence_diff`: leaves first, then joins (a key in both left and came back).
+pub fn apply_presence_diff(members: &mut Vec<Member>, joins: Vec<Member>, leaves: Vec<Member>) {
+    members.retain(|m| !leaves.iter().any(|l| l.key == m.key));
+    for member in joins {
+        members.retain(|m| m.key != member.key);
+        members.push(member);
+    }
+}
+
 fn clock() -> String {
     #[cfg(feature = "hydrate")]
     {
@@ -301,12 +321,17 @@ mod client {
                 leptos::task::spawn_local(socket.refresh_identity());
             }
             ServerFrame::Message(message) => {
-                socket.messages.update(|all| all.entry(message.room.clone()).or_default().push(message));
+                socket.messages.update(|all| {
+                    super::merge_messages(all.entry(message.room.clone()).or_default(), [message]);
+                });
             }
             ServerFrame::Presence { room, members } => {
                 socket.presence.update(|all| {
                     all.insert(room, members);
                 });
+            }
+            ServerFrame::PresenceDiff { room, joins, leaves } => {
+                socket.presence.update(|all| super::apply_presence_diff(all.entry(room).or_default(), joins, leaves));
             }
             ServerFrame::Event { topic, data } => match topic.as_str() {
                 tether_protocol::topic::ROOM_CREATED => {

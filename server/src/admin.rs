@@ -6,7 +6,7 @@ use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use tether_protocol::{LiveSocketsResponse, SetRoleRequest, UnbindReason, UserResponse};
 
-use crate::auth::{store, AdminSession};
+use crate::auth::{roles, store, AdminSession};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::AppState;
@@ -45,9 +45,7 @@ async fn set_role(
     Path(user_id): Path<String>,
     ApiJson(body): ApiJson<SetRoleRequest>,
 ) -> ApiResult<Json<UserResponse>> {
-    let user = store::set_role(&state.db, &user_id, body.role).await?.ok_or(ApiError::NotFound)?;
-    state.sessions.forget_user(&user.id);
-    let sockets = state.registry.update_user(&user);
-    tracing::info!(admin_id = %admin.user.id, %user_id, role = user.role.as_str(), sockets, "role changed");
+    let user = roles::set_role(&state, &user_id, body.role).await?.ok_or(ApiError::NotFound)?;
+    tracing::info!(admin_id = %admin.user.id, %user_id, role = user.role.as_str(), "role changed by admin");
     Ok(Json(UserResponse { user }))
 }

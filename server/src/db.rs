@@ -35,11 +35,30 @@ pub async fn connect(url: &str) -> Result<SqlitePool, DbError> {
     Ok(pool)
 }
 
+/// RFC 3339 in UTC with exactly three fraction digits (`2026-01-02T03:04:05.678Z`):
+/// fixed width, so stored timestamps sort as text in time order.
+const RFC3339_MS: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// Now, truncated to the millisecond (the precision of every stored timestamp).
+pub fn now_ms() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).expect("a valid millisecond")
+}
+
+/// A UTC instant as a fixed-width RFC 3339 timestamp (see [`RFC3339_MS`]).
+pub fn format_rfc3339(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC).format(RFC3339_MS).expect("every UTC time formats")
+}
+
+/// Reads a stored RFC 3339 timestamp.
+pub fn parse_rfc3339(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
 /// Now as an RFC 3339 UTC timestamp with millisecond precision.
 pub fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc();
-    let now = now.replace_millisecond(now.millisecond()).expect("a valid millisecond");
-    now.format(&Rfc3339).expect("RFC 3339 formats every UTC time")
+    format_rfc3339(now_ms())
 }
 
 pub fn now_unix() -> i64 {

@@ -1,5 +1,6 @@
 //! Model events and who may see them. Each event names its audience here,
 //! next to its topic and data, so adding an event is one small change.
+//! (`sockets.changed` is the registry's own: it knows when its list changes.)
 
 use serde_json::{json, Value};
 use tether_protocol::{topic, Role, Room, ServerFrame, User};
@@ -9,8 +10,6 @@ use crate::ws::{Audience, Registry};
 pub enum ModelEvent {
     RoomCreated(Room),
     UserRegistered(User),
-    /// A socket came, went, or changed its binding: admin views refresh their list.
-    SocketsChanged,
 }
 
 impl ModelEvent {
@@ -18,14 +17,13 @@ impl ModelEvent {
         match self {
             ModelEvent::RoomCreated(_) => topic::ROOM_CREATED,
             ModelEvent::UserRegistered(_) => topic::USER_REGISTERED,
-            ModelEvent::SocketsChanged => topic::SOCKETS_CHANGED,
         }
     }
 
     fn audience(&self) -> Audience<'static> {
         match self {
             ModelEvent::RoomCreated(_) => Audience::All,
-            ModelEvent::UserRegistered(_) | ModelEvent::SocketsChanged => Audience::Role(Role::Admin),
+            ModelEvent::UserRegistered(_) => Audience::Role(Role::Admin),
         }
     }
 
@@ -33,7 +31,6 @@ impl ModelEvent {
         match self {
             ModelEvent::RoomCreated(room) => json!(room),
             ModelEvent::UserRegistered(user) => json!(user),
-            ModelEvent::SocketsChanged => json!({}),
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub keys: Arc<Keys>,
     pub registry: Arc<Registry>,
+    pub socket_timeouts: ws::SocketTimeouts,
+    /// Orders each room's messages and joins (see [`rooms::Sequencer`]).
+    pub sequencer: Arc<rooms::Sequencer>,
     pub throttle: Arc<LoginThrottle>,
     pub sessions: Arc<SessionCache>,
     /// Registration and room creation rates.
@@ -91,6 +94,8 @@ impl AppState {
             db,
             keys: Arc::new(Keys::new(&secret)),
             registry: Arc::new(Registry::new(settings.allow_guests)),
+            sequencer: Arc::default(),
+            socket_timeouts: ws::SocketTimeouts::default(),
             throttle: Arc::default(),
             sessions: Arc::new(SessionCache::new(settings.limits.session_recheck)),
             rate_limits: Arc::new(RateLimits::new(&settings.limits)),

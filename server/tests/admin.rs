@@ -141,3 +141,73 @@ async fn admins_hear_of_sockets_coming_rebinding_and_going() {
     admin.expect_silence(std::time::Duration::from_millis(200)).await;
     user.expect_silence(std::time::Duration::from_millis(10)).await;
 }
+
+/// `TETHER_ADMIN_EMAILS` wins at every login, and the promotion reaches the
+/// user's sockets that are already open: `bound`, `whoami`, admin-only events
+/// and the admin view all say admin at once.
+#[tokio::test]
+async fn a_promotion_at_login_reaches_the_users_open_sockets() {
+    let server = start_with(&[("TETHER_ADMIN_EMAILS", "boss@x.io,ann@x.io")]).await;
+    let boss = server.register("boss@x.io", "Boss").await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    assert_eq!(ann.user["role"], "admin");
+    let (mut open, _) = server.socket(Some(&ann.cookie)).await;
+    let path = format!("/api/admin/users/{}/role", ann.id());
+    let demoted = server.call(Method::PUT, &path).cookie(&boss.cookie).json(json!({"role": "user"})).send().await;
+    assert_eq!(demoted.body["user"]["role"], "user");
+    assert_eq!(open.next_of("bound").await["user"]["role"], "user");
+
+    // She logs in again (another browser): the setting wins over the stored demotion.
+    let again = server.login("ann@x.io").await;
+    assert_eq!(again.user["role"], "admin");
+    let bound = open.next_of("bound").await;
+    assert_eq!(bound["user"]["role"], "admin", "{bound}");
+    assert_eq!(open.request(json!({"type": "whoami"})).await["user"]["role"], "admin");
+    let listed = server.call(Method::GET, "/api/admin/sockets").cookie(&boss.cookie).send().await;
+    let row = listed.body["sockets"].as_array().unwrap().iter().find(|s| s["user"]["id"] == ann.user["id"]).cloned();
+    assert_eq!(row.unwrap()["user"]["role"], "admin");
+    // Her open socket is in the admins' audience again.
+    let carol = server.register("carol@x.io", "Carol").await;
+    let event = loop {
+        let event = open.next_of("event").await;
+        if event["topic"] == "user.registered" {
+            break event;
+        }
+    };
+    assert_eq!(event["data"], carol.user);
+}
+
+/// Everything the admin view shows announces itself: joining and leaving a
+/// room change a socket's Rooms column, so they send `sockets.changed`.
+#[tokio::test]
+async fn joins_and_leaves_announce_a_socket_change() {
+    let (server, boss, ann) = setup().await;
+    let room = server.call(Method::POST, "/api/rooms").cookie(&ann.cookie).json(json!({"name": "Lobby"})).send().await;
+    let code = room.body["room"]["code"].as_str().unwrap().to_string();
+    let (mut admin, _) = server.socket(Some(&boss.cookie)).await;
+    let (mut user, _) = server.socket(Some(&ann.cookie)).await;
+    let changed = json!({"type": "event", "topic": "sockets.changed", "data": {}});
+    assert_eq!(admin.next_of("event").await, changed, "its own connection");
+    assert_eq!(admin.next_of("event").await, changed, "Ann connected");
+    let rooms_of_ann = |listed: &serde_json::Value| {
+        listed["sockets"].as_array().unwrap().iter().find(|s| s["user"]["id"] == ann.user["id"]).unwrap()["rooms"].clone()
+    };
+
+    assert_eq!(user.request(json!({"type": "join", "room": code})).await["ok"], true);
+    assert_eq!(admin.next_of("event").await, changed, "Ann joined a room");
+    let listed = server.call(Method::GET, "/api/admin/sockets").cookie(&boss.cookie).send().await;
+    assert_eq!(rooms_of_ann(&listed.body), json!([code]));
+    assert!(listed.body["sockets"][0]["node"].as_str().is_some_and(|n| !n.is_empty()), "{:?}", listed.body);
+
+    assert_eq!(user.request(json!({"type": "leave", "room": code})).await["ok"], true);
+    assert_eq!(admin.next_of("event").await, changed, "Ann left the room");
+    let listed = server.call(Method::GET, "/api/admin/sockets").cookie(&boss.cookie).send().await;
+    assert_eq!(rooms_of_ann(&listed.body), json!([]));
+    // Leaving a room one is not in changes nothing and announces nothing: the
+    // next event is the one the disconnect causes.
+    assert_eq!(user.request(json!({"type": "leave", "room": code})).await["ok"], true);
+    user.hang_up().await;
+    assert_eq!(admin.next_of("event").await, changed, "Ann went");
+    let listed = server.call(Method::GET, "/api/admin/sockets").cookie(&boss.cookie).send().await;
+    assert_eq!(listed.body["sockets"].as_array().unwrap().len(), 1);
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use common::{start, Account, Socket, TestServer};
 use serde_json::{json, Value};
+use server::rooms::store::NewMessage;
 use tether_protocol::Sender;
 
 async fn create_room(server: &TestServer, owner: &Account, name: &str) -> Value {
@@ -69,9 +70,12 @@ async fn join_answers_the_room_and_the_last_50_messages_oldest_first() {
     assert_eq!((unknown["ok"].clone(), unknown["error"]["code"].clone()), (json!(false), json!("not_found")));
 
     assert_eq!(join(&mut socket, code).await["history"], json!([]));
+    let from = Sender { id: Some(ann.id()), name: "Ann".into() };
     for i in 0..55 {
-        let from = Sender { id: Some(ann.id()), name: "Ann".into() };
-        server::rooms::store::insert_message(&server.state.db, code, from, format!("m{i}")).await.unwrap();
+        let text = format!("m{i}");
+        let at = server::db::now_rfc3339();
+        let message = NewMessage { room: code, seq: i + 1, from: &from, text: &text, at: &at };
+        server::rooms::store::insert_message(&server.state.db, &message).await.unwrap();
     }
     let (mut late, _) = server.socket(None).await;
     let ack = join(&mut late, code).await;
@@ -83,6 +87,7 @@ async fn join_answers_the_room_and_the_last_50_messages_oldest_first() {
     let first = &history[0];
     assert_eq!(first["room"], code);
     assert_eq!(first["from"], json!({"id": ann.id(), "name": "Ann"}));
+    assert_eq!((history[0]["seq"].clone(), history[49]["seq"].clone()), (json!(6), json!(55)));
     assert!(first["id"].is_string() && first["at"].is_string());
 }
 
@@ -150,57 +155,81 @@ async fn messages_reach_every_socket_in_the_room_stamped_by_the_server() {
     assert_eq!(join(&mut later, &code).await["history"][0]["from"]["name"], "Ann");
 }
 
+/// A presence_diff's joins and leaves, as sorted names.
+fn diff(frame: &Value) -> (Vec<String>, Vec<String>) {
+    let list = |field: &str| {
+        let mut names: Vec<String> =
+            frame[field].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
+        names.sort();
+        names
+    };
+    (list("joins"), list("leaves"))
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
 #[tokio::test]
-async fn presence_follows_joins_leaves_disconnects_and_rebinds() {
+async fn presence_is_a_full_list_on_join_then_diffs_for_joins_leaves_disconnects_and_rebinds() {
     let server = start().await;
     let ann = server.register("ann@x.io", "Ann").await;
     let bob = server.register("bob@x.io", "Bob").await;
     let code = create_room(&server, &ann, "Lobby").await["code"].as_str().unwrap().to_string();
     let (mut watcher, _) = server.socket(Some(&bob.cookie)).await;
-    join(&mut watcher, &code).await;
-    assert_eq!(names(&watcher.next_of("presence").await), ["Bob"]);
+    let ack = join(&mut watcher, &code).await;
+    assert_eq!(ack["members"], json!([{"key": format!("u:{}", bob.id()), "id": bob.id(), "name": "Bob"}]));
+    assert_eq!(watcher.next_of("presence").await["members"], ack["members"], "the full list follows the ack");
 
     // Three tabs of Ann are one member: only the first changes the list.
     let mut tabs = Vec::new();
-    for tab_number in 0..3 {
+    for _ in 0..3 {
         let (mut tab, _) = server.socket(Some(&ann.cookie)).await;
-        join(&mut tab, &code).await;
-        // The joining socket always learns who is there.
-        assert_eq!(names(&tab.next_of("presence").await), ["Bob", "Ann"]);
-        if tab_number == 0 {
-            assert_eq!(names(&watcher.next_of("presence").await), ["Bob", "Ann"]);
-        } else {
-            watcher.expect_silence(Duration::from_millis(150)).await;
-        }
+        let ack = join(&mut tab, &code).await;
+        // The joining socket always learns who is there, in the ack and in `presence`.
+        assert_eq!(sorted(names(&ack)), strings(&["Ann", "Bob"]));
+        assert_eq!(sorted(names(&tab.next_of("presence").await)), strings(&["Ann", "Bob"]));
         tabs.push(tab);
     }
     let (mut guest, welcome) = server.socket(None).await;
     let guest_name = welcome["guest_name"].as_str().unwrap().to_string();
+    let guest_key = format!("g:{}", welcome["socket_id"].as_str().unwrap());
     join(&mut guest, &code).await;
-    let presence = watcher.next_of("presence").await;
-    assert_eq!(presence["room"], code);
-    assert_eq!(presence["members"][2], json!({"id": null, "name": guest_name}));
+    // The watcher's diffs: Ann once (her second and third tab changed nothing), then the guest.
+    assert_eq!(diff(&watcher.next_of("presence_diff").await), (strings(&["Ann"]), vec![]));
+    let guest_joined = watcher.next_of("presence_diff").await;
+    assert_eq!(guest_joined["room"], code);
+    assert_eq!(guest_joined["joins"], json!([{"key": guest_key, "id": null, "name": guest_name}]));
+    assert_eq!(guest_joined["leaves"], json!([]));
 
-    // The guest logs in as Ann over its socket: one Ann, no guest.
+    // The guest logs in as Ann over its socket: the guest leaves, Ann was there already.
     let ticket = server.ticket(&ann.cookie).await;
     assert_eq!(guest.request(json!({"type": "login", "ticket": ticket})).await["ok"], true);
-    assert_eq!(names(&watcher.next_of("presence").await), ["Bob", "Ann"]);
+    assert_eq!(diff(&watcher.next_of("presence_diff").await), (vec![], strings(&[&guest_name])));
 
-    // Ann's tabs close or leave while another of hers stays: nothing changes.
-    tabs.pop().unwrap().stream.close(None).await.unwrap();
+    // Ann's tabs close or leave while another of hers stays: no diff. (The next
+    // diff the watcher sees is the one the last step causes.)
+    tabs.pop().unwrap().hang_up().await;
     assert_eq!(tabs[0].request(json!({"type": "leave", "room": code})).await["ok"], true);
-    tabs[1].stream.close(None).await.unwrap();
-    watcher.expect_silence(Duration::from_millis(200)).await;
-    // Her last socket in the room logs out: it stays as a guest, and Ann is gone.
+    tabs.pop().unwrap().hang_up().await;
+    // Her last socket in the room logs out: it stays as a new guest, and Ann is gone.
     assert_eq!(guest.request(json!({"type": "logout"})).await["ok"], true);
-    let after = watcher.next_of("presence").await;
-    assert_eq!(after["members"].as_array().unwrap().len(), 2);
-    assert_eq!(after["members"][0]["name"], "Bob");
-    assert!(after["members"][1]["id"].is_null() && after["members"][1]["name"].as_str().unwrap().starts_with("guest-"));
-    // A rename by rebinding: the guest logs in as Bob, who is there already.
+    let logout = watcher.next_of("presence_diff").await;
+    assert_eq!(logout["leaves"], json!([{"key": format!("u:{}", ann.id()), "id": ann.id(), "name": "Ann"}]));
+    let new_guest = &logout["joins"][0];
+    assert!(new_guest["id"].is_null() && new_guest["name"].as_str().unwrap().starts_with("guest-"), "{logout}");
+    assert_eq!(new_guest["key"], json!(guest_key), "a guest's key is its socket's");
+    // The guest logs in as Bob, who is there already: only the guest leaves.
     let ticket = server.ticket(&bob.cookie).await;
     assert_eq!(guest.request(json!({"type": "login", "ticket": ticket})).await["ok"], true);
-    assert_eq!(names(&watcher.next_of("presence").await), ["Bob"]);
+    assert_eq!(diff(&watcher.next_of("presence_diff").await), (vec![], strings(&[new_guest["name"].as_str().unwrap()])));
+    let rejoin = watcher.request(json!({"type": "join", "room": code})).await;
+    assert_eq!(names(&rejoin), ["Bob"]);
 }
 
 #[tokio::test]

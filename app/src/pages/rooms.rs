@@ -5,20 +5,31 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map};
 use serde_json::Value;
 use tether_protocol::{
-    ClientFrame, CreateRoomRequest, ErrorBody, JoinAck, Room, RoomResponse, RoomsResponse, MAX_MESSAGE_CHARS,
+    ClientFrame, CreateRoomRequest, ErrorBody, HistoryAck, JoinAck, Room, RoomResponse, RoomsResponse, MAX_MESSAGE_CHARS,
 };
 
 use crate::api;
 use crate::session::use_auth;
-use crate::socket::{use_socket, Socket};
+use crate::socket::{merge_messages, use_socket, Socket};
 
-/// Joins a room over the socket: its history replaces what this tab had.
+/// Joins a room over the socket. A tab that already holds some of the room's
+/// messages (a rejoin after a reconnect) asks only for those after the last
+/// one it has (`since`), so nothing sent while it was away is lost.
 pub async fn join(socket: Socket, code: String) -> Result<Room, ErrorBody> {
-    let fields = socket.request(ClientFrame::Join { room: code.clone() }).await?;
+    let since = socket.messages.with_untracked(|all| all.get(&code).and_then(|m| m.last()).map(|m| m.seq));
+    let fields = socket.request(ClientFrame::Join { room: code.clone(), since }).await?;
     let ack: JoinAck =
         serde_json::from_value(Value::Object(fields)).map_err(|e| ErrorBody::new("bad_frame", e.to_string()))?;
     socket.messages.update(|all| {
-        all.insert(code.clone(), ack.history);
+        let held = all.entry(code.clone()).or_default();
+        if since.is_none() || ack.truncated {
+            // A fresh start, or too much was missed to fill the gap: begin again from the newest.
+            held.clear();
+        }
+        merge_messages(held, ack.history);
+    });
+    socket.presence.update(|all| {
+        all.insert(code.clone(), ack.members);
     });
     Ok(ack.room)
 }
@@ -159,6 +170,25 @@ pub fn RoomPage() -> impl IntoView {
         });
     };
     let messages = move || socket.messages.with(|all| all.get(&code.get()).cloned().unwrap_or_default());
+    // The oldest message this tab holds; older ones exist when its seq is past 1.
+    let oldest_seq = move || socket.messages.with(|all| all.get(&code.get()).and_then(|m| m.first()).map(|m| m.seq));
+    let loading_older = RwSignal::new(false);
+    let load_older = move |_| {
+        let Some(before) = oldest_seq() else { return };
+        let room_code = code.get_untracked();
+        loading_older.set(true);
+        leptos::task::spawn_local(async move {
+            let frame = ClientFrame::History { room: room_code.clone(), before, limit: None };
+            match socket.request(frame).await {
+                Ok(fields) => match serde_json::from_value::<HistoryAck>(Value::Object(fields)) {
+                    Ok(page) => socket.messages.update(|all| merge_messages(all.entry(room_code).or_default(), page.history)),
+                    Err(e) => error.set(Some(e.to_string())),
+                },
+                Err(e) => error.set(Some(e.message)),
+            }
+            loading_older.set(false);
+        });
+    };
     let members = move || socket.presence.with(|all| all.get(&code.get()).cloned().unwrap_or_default());
 
     view! {
@@ -169,6 +199,13 @@ pub fn RoomPage() -> impl IntoView {
                 <p class="form-error" role="alert" data-testid="chat-error">{move || error.get().unwrap_or_default()}</p>
             </Show>
             <div class="chat-body">
+                <div class="chat-log">
+                <Show when=move || oldest_seq().is_some_and(|seq| seq > 1)>
+                    <button type="button" class="load-older" data-testid="load-older"
+                        disabled=move || loading_older.get() on:click=load_older>
+                        "Load older messages"
+                    </button>
+                </Show>
                 <ol class="messages" data-testid="messages">
                     <For each=messages key=|m| m.id.clone() let(message)>
                         <li data-testid="message">
@@ -178,6 +215,7 @@ pub fn RoomPage() -> impl IntoView {
                         </li>
                     </For>
                 </ol>
+                </div>
                 <aside class="presence">
                     <h2>"Here now"</h2>
                     <ul data-testid="presence">

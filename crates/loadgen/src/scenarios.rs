@@ -431,7 +431,7 @@ pub async fn fanout(bench: &mut Bench, sizes: &[usize], users: usize, rounds: us
     // The sender: one bound socket in the room, driven by its own task.
     let source = bench.next_source();
     let mut sender = ws::connect(&bench.endpoint, source, Some(&accounts[0].cookie), false).await?.ws;
-    ws::request(&mut sender, &ClientFrame::Join { room: room.clone() }, 1).await?.map_err(|e| format!("sender join: {}", e.code))?;
+    ws::request(&mut sender, &ClientFrame::Join { room: room.clone(), since: None }, 1).await?.map_err(|e| format!("sender join: {}", e.code))?;
     let (text_tx, mut text_rx) = mpsc::unbounded_channel::<(String, tokio::sync::oneshot::Sender<u64>)>();
     let sender_errors = Arc::new(AtomicUsize::new(0));
     let sender_task = {

@@ -302,7 +302,7 @@ async fn open(spec: &OpenSpec, shared: &Arc<Shared>, sockets: &mut Vec<mpsc::Sen
                 let bound = welcomed.user_id.is_some();
                 let mut socket = welcomed.ws;
                 if let Some(room) = &spec.room {
-                    match ws::request(&mut socket, &ClientFrame::Join { room: room.clone() }, 1).await? {
+                    match ws::request(&mut socket, &ClientFrame::Join { room: room.clone(), since: None }, 1).await? {
                         Ok(_) => {}
                         Err(e) => return Err(format!("join: {} {}", e.code, e.message)),
                     }

@@ -56,6 +56,8 @@ pub struct LiveSocket {
     pub guest_name: Option<String>,
     pub rooms: Vec<String>,
     pub connected_at: String,
+    /// The node the socket is connected to (version 2).
+    pub node: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,19 @@ pub enum ClientFrame {
     Login { ticket: String },
     Logout,
     Whoami,
-    Join { room: String },
+    /// `since`: the last `seq` the client has of this room (version 2, resume).
+    Join {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<i64>,
+    },
+    /// Older messages: those with `seq` < `before`, oldest first (version 2).
+    History {
+        room: String,
+        before: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<i64>,
+    },
     Leave { room: String },
     Send { room: String, text: String },
     Ping,
@@ -37,6 +49,26 @@ impl ClientEnvelope {
         Some(ClientEnvelope { reference, frame })
     }
 
+    /// Just the `ref` of a frame, if it has a usable one: every other field is
+    /// skipped unparsed (for answering a frame that is refused unread).
+    pub fn reference_of(text: &str) -> Option<i64> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum RefValue {
+            Integer(i64),
+            Other(serde::de::IgnoredAny),
+        }
+        #[derive(Deserialize)]
+        struct RefOnly {
+            #[serde(rename = "ref")]
+            reference: Option<RefValue>,
+        }
+        match serde_json::from_str::<RefOnly>(text).ok()?.reference? {
+            RefValue::Integer(reference) => Some(reference),
+            RefValue::Other(_) => None,
+        }
+    }
+
     /// Serializes a client frame with its `ref`, as a client sends it.
     pub fn encode(frame: &ClientFrame, reference: i64) -> String {
         let mut fields = crate::to_fields(frame);
@@ -50,6 +82,8 @@ impl ClientEnvelope {
 pub struct ChatMessage {
     pub room: String,
     pub id: String,
+    /// The message's place in its room: 1, 2, 3... with no gaps (version 2).
+    pub seq: i64,
     pub from: Sender,
     pub text: String,
     pub at: String,
@@ -106,9 +140,17 @@ pub enum ServerFrame {
         topic: String,
         data: Value,
     },
+    /// A room's full member list: to a socket when it joins.
     Presence {
         room: String,
         members: Vec<Member>,
+    },
+    /// A change of a room's member list, to its other sockets (version 2,
+    /// Phoenix Presence's `presence_diff`). A key in both lists left and came back.
+    PresenceDiff {
+        room: String,
+        joins: Vec<Member>,
+        leaves: Vec<Member>,
     },
     Error(ErrorBody),
 }
@@ -144,6 +186,20 @@ pub struct WhoamiAck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinAck {
     pub room: Room,
+    /// Oldest first: the last [`crate::HISTORY_LEN`] messages, or with `since`
+    /// those after it (at most [`crate::MAX_RESUME_LEN`]).
+    pub history: Vec<ChatMessage>,
+    /// The room's full member list, as in the `presence` frame that follows.
+    pub members: Vec<Member>,
+    /// With `since`: more messages were missed than `history` holds (it has the newest).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// Success fields of the `history` ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryAck {
+    /// Oldest first.
     pub history: Vec<ChatMessage>,
 }
 
@@ -187,6 +243,15 @@ mod tests {
     }
 
     #[test]
+    fn reference_of_reads_only_the_ref() {
+        assert_eq!(ClientEnvelope::reference_of(r#"{"type":"send","ref":9,"text":"x"}"#), Some(9));
+        assert_eq!(ClientEnvelope::reference_of(r#"{"ref":"9"}"#), None);
+        assert_eq!(ClientEnvelope::reference_of(r#"{"type":"ping"}"#), None);
+        assert_eq!(ClientEnvelope::reference_of("not json"), None);
+        assert_eq!(ClientEnvelope::reference_of(r#"{"ref":{"deep":[1,2,{"x":3}]},"type":"ping"}"#), None);
+    }
+
+    #[test]
     fn a_non_integer_ref_is_not_usable() {
         let parsed = ClientEnvelope::parse(r#"{"type":"ping","ref":"x"}"#).unwrap();
         assert_eq!(parsed.reference, None);
@@ -215,6 +280,7 @@ mod tests {
         let msg = ServerFrame::Message(ChatMessage {
             room: "r".into(),
             id: "1".into(),
+            seq: 1,
             from: Sender { id: None, name: "guest-2".into() },
             text: "hi".into(),
             at: "2026-01-01T00:00:00Z".into(),

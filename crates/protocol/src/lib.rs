@@ -1,4 +1,4 @@
-//! The wire contract of `shared/PROTOCOL.md`, version 1.
+//! The wire contract of `shared/PROTOCOL.md`, version 2.
 //!
 //! Every HTTP body and WebSocket frame is defined here once and used by the
 //! server and by the Wasm client alike, so the two cannot drift apart.
@@ -22,6 +22,10 @@ pub const MAX_ROOM_NAME_CHARS: usize = 80;
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Messages returned as history when a socket joins a room.
 pub const HISTORY_LEN: i64 = 50;
+/// Most messages a `join` with `since` returns; beyond it the ack says `truncated`.
+pub const MAX_RESUME_LEN: i64 = 500;
+/// Largest `limit` of a `history` frame (default [`HISTORY_LEN`]).
+pub const MAX_HISTORY_PAGE: i64 = 100;
 
 /// WebSocket close codes the server uses.
 pub mod close_code {
@@ -29,6 +33,12 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// RFC 6455 7.4.1: the peer broke the protocol (bad framing, unmasked frame...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// RFC 6455 7.4.1: a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The socket fell too far behind on what it was sent and was dropped (version 2).
+    pub const TOO_SLOW: u16 = 4002;
     pub const NOT_AUTHENTICATED: u16 = 4401;
 
     /// Whether a client should reconnect after this close code without a user action.
@@ -104,7 +114,13 @@ pub struct Sender {
 }
 
 /// A presence member: a user (one entry however many sockets) or a guest socket.
-pub type Member = Sender;
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique within the room: `u:<user id>` or `g:<socket id>` (version 2).
+    pub key: String,
+    pub id: Option<String>,
+    pub name: String,
+}
 
 /// Converts a typed value into the JSON object an `ack` carries beside `ref` and `ok`.
 pub fn to_fields<T: Serialize>(value: &T) -> Map<String, Value> {

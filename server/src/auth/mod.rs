@@ -1,6 +1,7 @@
 //! Accounts and sessions: `/api/auth/*`, the session cookie and its extractors.
 
 pub mod password;
+pub mod roles;
 pub mod sessions;
 pub mod store;
 pub mod throttle;
@@ -197,8 +198,7 @@ async fn login(
     let mut user = credentials.user;
     // Configuration wins over a stored demotion.
     if user.role != Role::Admin && state.settings.is_admin_email(&user.email) {
-        user = store::set_role(&state.db, &user.id, Role::Admin).await?.ok_or(ApiError::BadCredentials)?;
-        state.sessions.forget_user(&user.id);
+        user = roles::set_role(&state, &user.id, Role::Admin).await?.ok_or(ApiError::BadCredentials)?;
     }
     let (jar, body) = start_session(&state, jar, user).await?;
     Ok((jar, Json(body)))

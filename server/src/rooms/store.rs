@@ -50,40 +50,76 @@ pub async fn find(db: &SqlitePool, code: &str) -> sqlx::Result<Option<Room>> {
     Ok(row.map(|(code, name, created_by, created_at)| Room { code, name, created_by, created_at }))
 }
 
-pub async fn insert_message(db: &SqlitePool, room: &str, from: Sender, text: String) -> sqlx::Result<ChatMessage> {
-    let at = now_rfc3339();
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO messages (room_code, sender_id, sender_name, text, created_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+/// Stores a message at its place in the room (`seq`), stamped `at`; returns its id.
+/// The caller (the room's [`super::Sequencer`]) chose `seq` and `at`.
+pub async fn insert_message(db: &SqlitePool, message: &NewMessage<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO messages (room_code, seq, sender_id, sender_name, text, created_at)
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
     )
-    .bind(room)
-    .bind(&from.id)
-    .bind(&from.name)
-    .bind(&text)
-    .bind(&at)
+    .bind(message.room)
+    .bind(message.seq)
+    .bind(&message.from.id)
+    .bind(&message.from.name)
+    .bind(message.text)
+    .bind(message.at)
     .fetch_one(db)
-    .await?;
-    Ok(ChatMessage { room: room.into(), id: id.to_string(), from, text, at })
+    .await
 }
 
-/// The last messages of a room, oldest first.
-pub async fn history(db: &SqlitePool, room: &str) -> sqlx::Result<Vec<ChatMessage>> {
-    let rows: Vec<(i64, Option<String>, String, String, String)> = sqlx::query_as(
-        "SELECT id, sender_id, sender_name, text, created_at FROM
-           (SELECT * FROM messages WHERE room_code = ? ORDER BY id DESC LIMIT ?)
-         ORDER BY id",
-    )
-    .bind(room)
-    .bind(HISTORY_LEN)
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, sender_id, sender_name, text, at)| ChatMessage {
+/// A message about to be stored.
+pub struct NewMessage<'a> {
+    pub room: &'a str,
+    pub seq: i64,
+    pub from: &'a Sender,
+    pub text: &'a str,
+    pub at: &'a str,
+}
+
+/// The room's last `seq` and the `at` of that message (none yet: 0 and `None`).
+pub async fn tail(db: &SqlitePool, room: &str) -> sqlx::Result<(i64, Option<String>)> {
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, created_at FROM messages WHERE room_code = ? ORDER BY seq DESC LIMIT 1")
+            .bind(room)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map_or((0, None), |(seq, at)| (seq, Some(at))))
+}
+
+type MessageRow = (i64, i64, Option<String>, String, String, String);
+
+fn messages(room: &str, rows: Vec<MessageRow>) -> Vec<ChatMessage> {
+    rows.into_iter()
+        .map(|(id, seq, sender_id, sender_name, text, at)| ChatMessage {
             room: room.into(),
             id: id.to_string(),
+            seq,
             from: Sender { id: sender_id, name: sender_name },
             text,
             at,
         })
-        .collect())
+        .collect()
+}
+
+const COLUMNS: &str = "id, seq, sender_id, sender_name, text, created_at";
+
+/// The newest `limit` messages with `seq` in `after < seq < before`, oldest first.
+pub async fn page(db: &SqlitePool, room: &str, after: i64, before: i64, limit: i64) -> sqlx::Result<Vec<ChatMessage>> {
+    let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM messages WHERE room_code = ? AND seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+    ))
+    .bind(room)
+    .bind(after)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    let mut page = messages(room, rows);
+    page.reverse();
+    Ok(page)
+}
+
+/// The last [`HISTORY_LEN`] messages of a room, oldest first.
+pub async fn history(db: &SqlitePool, room: &str) -> sqlx::Result<Vec<ChatMessage>> {
+    page(db, room, 0, i64::MAX, HISTORY_LEN).await
 }

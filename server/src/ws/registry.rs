@@ -1,8 +1,16 @@
-//! The registry of live sockets, indexed by user, session, role and room.
+//! The registry of live sockets on this node, indexed by user, session, role
+//! and room, with each room's presence (its members, keyed `u:<user id>` or
+//! `g:<socket id>`, ../shared/PROTOCOL.md "presence").
 //!
 //! Every frame the server sends to a socket passes through [`Registry`]: acks,
-//! fan-out and server-side rebinds alike. That makes `emit` the one place
-//! where a later multi-node build would also publish to other nodes.
+//! fan-out and server-side rebinds alike. It knows nothing of HTTP, accounts
+//! or rooms' storage: callers hand it bindings, room codes and frames.
+//!
+//! # Slow consumers
+//!
+//! A socket whose queue overflows ([`OUTBOUND_QUEUE`] frames) is evicted at
+//! once: out of every index and every room's presence (its rooms get a
+//! `presence_diff`), logged once; its task then closes it with 4002 `too_slow`.
 //!
 //! # Why a rebind is atomic with respect to emits
 //!
@@ -17,15 +25,16 @@
 //! socket. The socket task writes its queue in order, so the client never
 //! sees a frame for the old user after the ack.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use rand::Rng;
-use tether_protocol::{close_code, LiveSocket, Member, Role, ServerFrame, UnbindReason, User};
+use serde_json::json;
+use tether_protocol::{close_code, topic, LiveSocket, Member, Role, ServerFrame, UnbindReason, User};
 
-use super::queue::Queue;
+use super::queue::{Push, Queue};
 
 use crate::db::{now_rfc3339, now_unix};
 
@@ -74,10 +83,14 @@ impl Binding {
         }
     }
 
-    fn member(&self) -> Member {
+    /// The presence member of a socket with this binding: a user is one
+    /// member (`u:<id>`) across their sockets, a guest socket one of its own.
+    fn member(&self, public_id: &str) -> Member {
         match self {
-            Binding::User { user, .. } => Member { id: Some(user.id.clone()), name: user.name.clone() },
-            Binding::Guest { name } => Member { id: None, name: name.to_string() },
+            Binding::User { user, .. } => {
+                Member { key: format!("u:{}", user.id), id: Some(user.id.clone()), name: user.name.clone() }
+            }
+            Binding::Guest { name } => Member { key: format!("g:{public_id}"), id: None, name: name.to_string() },
         }
     }
 }
@@ -91,7 +104,8 @@ pub enum Outbound {
     Close(u16, &'static str),
 }
 
-/// Who an emit is for.
+/// Who an emit is for: plain data, resolved against the indexes.
+#[derive(Debug, Clone, Copy)]
 pub enum Audience<'a> {
     Socket(SocketId),
     User(&'a str),
@@ -99,7 +113,6 @@ pub enum Audience<'a> {
     Role(Role),
     Room(&'a str),
     All,
-    Matching(&'a (dyn Fn(&Binding) -> bool + Sync)),
 }
 
 /// A socket task's end of its registration.
@@ -118,22 +131,83 @@ struct Entry {
     connected_at: String,
 }
 
+impl Entry {
+    fn member(&self) -> Member {
+        self.binding.member(&self.public_id)
+    }
+}
+
+/// A member and how many of the room's sockets it stands for.
+struct Present {
+    member: Member,
+    sockets: usize,
+}
+
+/// What adding a socket's member did to a room's member list.
+enum Added {
+    Unchanged,
+    Joined,
+    /// The key was there with other details (a renamed user): this was the old member.
+    Replaced(Member),
+}
+
+#[derive(Default)]
+struct RoomState {
+    sockets: BTreeSet<SocketId>,
+    members: BTreeMap<String, Present>,
+}
+
+impl RoomState {
+    fn add(&mut self, member: &Member) -> Added {
+        match self.members.get_mut(&member.key) {
+            None => {
+                self.members.insert(member.key.clone(), Present { member: member.clone(), sockets: 1 });
+                Added::Joined
+            }
+            Some(present) => {
+                present.sockets += 1;
+                if present.member == *member {
+                    Added::Unchanged
+                } else {
+                    Added::Replaced(std::mem::replace(&mut present.member, member.clone()))
+                }
+            }
+        }
+    }
+
+    /// Takes one socket's member away; the member itself when it was the last.
+    fn remove(&mut self, key: &str) -> Option<Member> {
+        let present = self.members.get_mut(key)?;
+        present.sockets -= 1;
+        if present.sockets > 0 {
+            return None;
+        }
+        self.members.remove(key).map(|p| p.member)
+    }
+
+    fn members(&self) -> Vec<Member> {
+        self.members.values().map(|p| p.member.clone()).collect()
+    }
+}
+
 #[derive(Default)]
 struct Indexes {
     sockets: HashMap<SocketId, Entry>,
     by_user: HashMap<String, BTreeSet<SocketId>>,
     by_session: HashMap<Arc<str>, BTreeSet<SocketId>>,
     by_role: HashMap<Role, BTreeSet<SocketId>>,
-    by_room: HashMap<Arc<str>, BTreeSet<SocketId>>,
+    rooms: HashMap<Arc<str>, RoomState>,
     /// Revoked session ids with their expiry, so a rebind racing a revocation
     /// cannot bind to a dead session. Swept once they expire.
     revoked: HashMap<Arc<str>, i64>,
+    /// Sockets whose queue overflowed under a read lock, removed once it is released.
+    evicted: Mutex<Vec<SocketId>>,
 }
 
 pub struct Registry {
     indexes: RwLock<Indexes>,
     next_id: AtomicU64,
-    /// Makes public socket ids unique across restarts.
+    /// Names this node in socket ids and the admin view; unique across restarts.
     node: String,
     allow_guests: bool,
 }
@@ -159,8 +233,9 @@ impl Indexes {
     /// Queues a frame for one socket; a socket whose queue is full is evicted.
     fn send(&self, id: SocketId, outbound: Outbound) {
         if let Some(entry) = self.sockets.get(&id) {
-            if entry.queue.push(outbound).is_err() {
-                tracing::warn!(socket_id = %entry.public_id, "outbound queue full; dropping slow socket");
+            if entry.queue.push(outbound) == Push::Evicted {
+                tracing::warn!(socket_id = %entry.public_id, queued = OUTBOUND_QUEUE, "slow socket evicted");
+                self.evicted.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             }
         }
     }
@@ -169,18 +244,19 @@ impl Indexes {
         self.send(id, Outbound::Text(bytes.clone()));
     }
 
-    fn recipients(&self, audience: &Audience) -> Vec<SocketId> {
+    fn send_frame(&self, id: SocketId, frame: &ServerFrame) {
+        self.send(id, Outbound::Text(text(frame)));
+    }
+
+    fn recipients(&self, audience: Audience) -> Vec<SocketId> {
         let from = |set: Option<&BTreeSet<SocketId>>| set.map(|s| s.iter().copied().collect()).unwrap_or_default();
         match audience {
-            Audience::Socket(id) => vec![*id],
-            Audience::User(user_id) => from(self.by_user.get(*user_id)),
-            Audience::Session(sid) => from(self.by_session.get(*sid)),
-            Audience::Role(role) => from(self.by_role.get(role)),
-            Audience::Room(room) => from(self.by_room.get(*room)),
+            Audience::Socket(id) => vec![id],
+            Audience::User(user_id) => from(self.by_user.get(user_id)),
+            Audience::Session(sid) => from(self.by_session.get(sid)),
+            Audience::Role(role) => from(self.by_role.get(&role)),
+            Audience::Room(room) => from(self.rooms.get(room).map(|r| &r.sockets)),
             Audience::All => self.sockets.keys().copied().collect(),
-            Audience::Matching(keep) => {
-                self.sockets.iter().filter(|(_, e)| keep(&e.binding)).map(|(id, _)| *id).collect()
-            }
         }
     }
 
@@ -200,78 +276,94 @@ impl Indexes {
         }
     }
 
-    /// Replaces a socket's binding; returns the old one.
-    fn rebind(&mut self, id: SocketId, binding: Binding) -> Option<Binding> {
-        let old = self.sockets.get(&id)?.binding.clone();
-        self.unindex_binding(id, &old);
-        self.index_binding(id, &binding);
-        let entry = self.sockets.get_mut(&id)?;
-        entry.binding = binding;
-        Some(old)
-    }
-
-    fn members(&self, room: &str) -> Vec<Member> {
-        let mut members: Vec<Member> = Vec::new();
-        for id in self.by_room.get(room).into_iter().flatten() {
-            let member = self.sockets[id].binding.member();
-            // A user is one member however many of their sockets are in the room.
-            if member.id.is_none() || !members.iter().any(|m| m.id == member.id) {
-                members.push(member);
-            }
+    /// Sends a room's member-list change to its sockets, but `except`.
+    fn send_diff(&self, room: &str, joins: Vec<Member>, leaves: Vec<Member>, except: Option<SocketId>) {
+        if joins.is_empty() && leaves.is_empty() {
+            return;
         }
-        members
-    }
-
-    fn send_presence(&self, room: &str) {
-        let frame = text(&ServerFrame::Presence { room: room.to_string(), members: self.members(room) });
-        for id in self.by_room.get(room).into_iter().flatten() {
+        let Some(state) = self.rooms.get(room) else { return };
+        let frame = text(&ServerFrame::PresenceDiff { room: room.to_string(), joins, leaves });
+        for id in state.sockets.iter().filter(|id| Some(**id) != except) {
             self.send_text(*id, &frame);
         }
     }
 
-    /// Whether a user has a socket other than `except` in the room.
-    fn user_in_room_elsewhere(&self, user_id: &str, room: &str, except: SocketId) -> bool {
-        self.by_user.get(user_id).is_some_and(|ids| {
-            ids.iter().any(|other| *other != except && self.sockets.get(other).is_some_and(|e| e.rooms.contains(room)))
-        })
+    /// Takes a socket out of one room; the others hear of its member leaving.
+    fn remove_from_room(&mut self, id: SocketId, room: &str, member: &Member) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        state.sockets.remove(&id);
+        let left = state.remove(&member.key);
+        if state.sockets.is_empty() {
+            self.rooms.remove(room);
+        } else if let Some(left) = left {
+            self.send_diff(room, Vec::new(), vec![left], None);
+        }
     }
 
-    /// Whether adding or removing this socket changes the room's member list:
-    /// not when another socket of the same user stays or already is there.
-    fn changes_members(&self, id: SocketId, binding: &Binding, room: &str) -> bool {
-        binding.user().is_none_or(|user| !self.user_in_room_elsewhere(&user.id, room, id))
-    }
-
-    /// Rebinds a socket and sends presence to each of its rooms whose member list changed.
-    fn rebind_in_rooms(&mut self, id: SocketId, binding: Binding) -> Option<Binding> {
-        let rooms: Vec<Arc<str>> = self.sockets.get(&id)?.rooms.iter().cloned().collect();
-        let before: Vec<Vec<Member>> = rooms.iter().map(|room| self.members(room)).collect();
-        let old = self.rebind(id, binding)?;
-        for (room, before) in rooms.iter().zip(before) {
-            if self.members(room) != before {
-                self.send_presence(room);
+    /// Replaces a socket's binding, updating each of its rooms' member lists
+    /// (and telling the rooms, this socket included). Returns the old binding.
+    fn rebind(&mut self, id: SocketId, binding: Binding) -> Option<Binding> {
+        let entry = self.sockets.get(&id)?;
+        let old = entry.binding.clone();
+        let old_member = entry.member();
+        let new_member = binding.member(&entry.public_id);
+        let rooms: Vec<Arc<str>> = entry.rooms.iter().cloned().collect();
+        self.unindex_binding(id, &old);
+        self.index_binding(id, &binding);
+        self.sockets.get_mut(&id)?.binding = binding;
+        if old_member == new_member {
+            return Some(old);
+        }
+        for room in rooms {
+            let Some(state) = self.rooms.get_mut(&room) else { continue };
+            let mut leaves: Vec<Member> = state.remove(&old_member.key).into_iter().collect();
+            let mut joins = Vec::new();
+            match state.add(&new_member) {
+                Added::Unchanged => {}
+                Added::Joined => joins.push(new_member.clone()),
+                Added::Replaced(old) => {
+                    leaves.push(old);
+                    joins.push(new_member.clone());
+                }
             }
+            self.send_diff(&room, joins, leaves, None);
         }
         Some(old)
+    }
+
+    /// Removes a socket from the registry: its indexes, its rooms' presence.
+    fn remove(&mut self, id: SocketId) -> Option<Entry> {
+        let entry = self.sockets.remove(&id)?;
+        self.unindex_binding(id, &entry.binding);
+        let member = entry.member();
+        for room in &entry.rooms {
+            self.remove_from_room(id, room, &member);
+        }
+        Some(entry)
     }
 
     /// Takes the user away from one socket: it becomes a guest (or is closed
     /// with 4401 when guests are off), keeping its rooms.
     fn unbind(&mut self, id: SocketId, reason: &str, notice: Option<UnbindReason>, allow_guests: bool) {
-        let Some(old) = self.rebind_in_rooms(id, Binding::guest()) else { return };
+        // The notice goes first: the rooms' new presence follows it.
+        if let Some(reason) = notice {
+            self.send_frame(id, &ServerFrame::Unbound { reason });
+        }
+        let Some(old) = self.rebind(id, Binding::guest()) else { return };
         tracing::info!(
             socket_id = %self.sockets[&id].public_id,
             user_id = old.user().map(|u| u.id.as_str()).unwrap_or("-"),
             reason,
             "socket unbound"
         );
-        if let Some(reason) = notice {
-            self.send(id, Outbound::Text(text(&ServerFrame::Unbound { reason })));
-        }
         self.send(id, Outbound::Deadline(None));
         if !allow_guests {
             self.send(id, Outbound::Close(close_code::NOT_AUTHENTICATED, "not_authenticated"));
         }
+    }
+
+    fn take_evicted(&self) -> Vec<SocketId> {
+        std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -285,10 +377,9 @@ impl Registry {
         self.allow_guests
     }
 
-    /// A socket came, went or was rebound: whoever watches the sockets
-    /// (the admin view) hears of it. Called with the lock released.
-    fn announce_change(&self) {
-        crate::events::publish(self, crate::events::ModelEvent::SocketsChanged);
+    /// This node's name, as in socket ids and the admin view's `node`.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Indexes> {
@@ -297,6 +388,31 @@ impl Registry {
 
     fn write(&self) -> RwLockWriteGuard<'_, Indexes> {
         self.indexes.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs after every operation, with the lock released: removes the sockets
+    /// it evicted, and tells admins when the socket list changed (the admin view).
+    fn settle(&self, mut changed: bool) {
+        if !changed && self.read().evicted.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return;
+        }
+        let mut ix = self.write();
+        loop {
+            for id in ix.take_evicted() {
+                // Removing one can overflow another's queue (its presence_diff): loop.
+                changed |= ix.remove(id).is_some();
+            }
+            if changed {
+                let event = text(&ServerFrame::Event { topic: topic::SOCKETS_CHANGED.into(), data: json!({}) });
+                for id in ix.recipients(Audience::Role(Role::Admin)) {
+                    ix.send_text(id, &event);
+                }
+                changed = false;
+            }
+            if ix.evicted.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                return;
+            }
+        }
     }
 
     /// Registers a socket and queues its `welcome` as the first frame.
@@ -334,40 +450,48 @@ impl Registry {
                 connected_at: now_rfc3339(),
             },
         );
-        ix.send(id, Outbound::Text(text(&welcome)));
+        ix.send_frame(id, &welcome);
         ix.send(id, Outbound::Deadline(deadline));
         drop(ix);
-        self.announce_change();
+        self.settle(true);
         Connection { id, public_id, outbound: queue }
     }
 
-    /// Removes a closed socket; its rooms get the new presence.
+    /// Removes a closed socket; its rooms hear that its member left.
     pub fn disconnect(&self, id: SocketId) {
-        let mut ix = self.write();
-        let Some(entry) = ix.sockets.remove(&id) else { return };
-        ix.unindex_binding(id, &entry.binding);
-        for room in &entry.rooms {
-            remove_index(&mut ix.by_room, room, id);
-            if ix.changes_members(id, &entry.binding, room) {
-                ix.send_presence(room);
+        let removed = self.write().remove(id);
+        if let Some(entry) = &removed {
+            tracing::info!(socket_id = %entry.public_id, "socket disconnected");
+        }
+        self.settle(removed.is_some());
+    }
+
+    /// Drops a socket that cannot keep up (its write timed out): as an
+    /// overflowing queue does, it leaves every index at once.
+    pub fn evict(&self, id: SocketId) {
+        let ix = self.read();
+        if let Some(entry) = ix.sockets.get(&id) {
+            if entry.queue.evict() {
+                tracing::warn!(socket_id = %entry.public_id, "slow socket evicted: write timed out");
+                ix.evicted.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             }
         }
-        tracing::info!(socket_id = %entry.public_id, "socket disconnected");
         drop(ix);
-        self.announce_change();
+        self.settle(false);
     }
 
     /// Sends a frame to every socket of the audience, serialized once.
     pub fn emit(&self, audience: Audience, frame: &ServerFrame) -> usize {
         let ix = self.read();
-        let recipients = ix.recipients(&audience);
-        if recipients.is_empty() {
-            return 0;
+        let recipients = ix.recipients(audience);
+        if !recipients.is_empty() {
+            let bytes = text(frame);
+            for id in &recipients {
+                ix.send_text(*id, &bytes);
+            }
         }
-        let bytes = text(frame);
-        for id in &recipients {
-            ix.send_text(*id, &bytes);
-        }
+        drop(ix);
+        self.settle(false);
         recipients.len()
     }
 
@@ -380,20 +504,20 @@ impl Registry {
     pub fn bind(&self, id: SocketId, binding: Binding, ack: impl FnOnce(&User) -> Option<ServerFrame>) -> Option<User> {
         let mut ix = self.write();
         let session_id = binding.session_id()?;
-        if ix.revoked.contains_key(session_id) {
+        if ix.revoked.contains_key(session_id) || !ix.sockets.contains_key(&id) {
             return None;
         }
         let user = binding.user()?.clone();
         let deadline = binding.expires_at();
         // The ack goes first; the rooms' new presence follows it.
         if let Some(ack) = ack(&user) {
-            ix.send(id, Outbound::Text(text(&ack)));
+            ix.send_frame(id, &ack);
         }
-        ix.rebind_in_rooms(id, binding)?;
+        ix.rebind(id, binding)?;
         tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "login", "socket bound");
         ix.send(id, Outbound::Deadline(deadline));
         drop(ix);
-        self.announce_change();
+        self.settle(true);
         Some(user)
     }
 
@@ -404,21 +528,11 @@ impl Registry {
             return;
         }
         if let Some(ack) = ack {
-            ix.send(id, Outbound::Text(text(&ack)));
+            ix.send_frame(id, &ack);
         }
-        let Some(old) = ix.rebind_in_rooms(id, Binding::guest()) else { return };
-        tracing::info!(
-            socket_id = %ix.sockets[&id].public_id,
-            user_id = old.user().map(|u| u.id.as_str()).unwrap_or("-"),
-            reason = "logout",
-            "socket unbound"
-        );
-        ix.send(id, Outbound::Deadline(None));
-        if !self.allow_guests {
-            ix.send(id, Outbound::Close(close_code::NOT_AUTHENTICATED, "not_authenticated"));
-        }
+        ix.unbind(id, "logout", None, self.allow_guests);
         drop(ix);
-        self.announce_change();
+        self.settle(true);
     }
 
     /// A session ended server-side: every socket bound through it is unbound.
@@ -428,14 +542,11 @@ impl Registry {
         ix.revoked.retain(|_, exp| *exp > now);
         ix.revoked.insert(session_id.into(), expires_at);
         let ids: Vec<SocketId> = ix.by_session.get(session_id).into_iter().flatten().copied().collect();
-        let changed = !ids.is_empty();
-        for id in ids {
+        for &id in &ids {
             ix.unbind(id, reason.as_str(), Some(reason), self.allow_guests);
         }
         drop(ix);
-        if changed {
-            self.announce_change();
-        }
+        self.settle(!ids.is_empty());
     }
 
     /// Unbinds a socket whose binding reached its `exp`, unless it was rebound meanwhile.
@@ -444,12 +555,14 @@ impl Registry {
         let expired = ix.sockets.get(&id).and_then(|e| e.binding.expires_at()).is_some_and(|exp| exp <= now_unix());
         if expired {
             ix.unbind(id, "expired", Some(UnbindReason::Expired), self.allow_guests);
-            drop(ix);
-            self.announce_change();
         }
+        drop(ix);
+        self.settle(expired);
     }
 
-    /// The stored user changed (role, name): every live socket of theirs gets `bound`.
+    /// The stored user changed (role, name): every live socket of theirs is
+    /// rebound to it and gets `bound`; their rooms see the new member. Returns
+    /// how many sockets changed.
     pub fn update_user(&self, user: &User) -> usize {
         let mut ix = self.write();
         let ids: Vec<SocketId> = ix.by_user.get(&user.id).into_iter().flatten().copied().collect();
@@ -458,55 +571,65 @@ impl Registry {
             else {
                 continue;
             };
-            ix.send(id, Outbound::Text(text(&ServerFrame::Bound { user: user.clone(), expires_at: Some(expires_at) })));
-            ix.rebind_in_rooms(id, Binding::User { user: user.clone(), session_id, expires_at });
+            ix.send_frame(id, &ServerFrame::Bound { user: user.clone(), expires_at: Some(expires_at) });
+            ix.rebind(id, Binding::User { user: user.clone(), session_id, expires_at });
             tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "user changed", "socket bound");
         }
         drop(ix);
-        if !ids.is_empty() {
-            self.announce_change();
-        }
+        self.settle(!ids.is_empty());
         ids.len()
     }
 
-    /// Adds a socket to a room: `ack` first, then the room's new presence.
-    pub fn join(&self, id: SocketId, room: &str, ack: Option<ServerFrame>) {
+    /// Adds a socket to a room. With the lock held: `ack` (given the room's
+    /// member list) to the socket, then `presence` to it and `presence_diff`
+    /// to the room's other sockets when the member list changed.
+    pub fn join(&self, id: SocketId, room: &str, ack: impl FnOnce(&[Member]) -> Option<ServerFrame>) {
         let mut ix = self.write();
         let room: Arc<str> = room.into();
         let Some(entry) = ix.sockets.get_mut(&id) else { return };
         let newly_in = entry.rooms.insert(room.clone());
-        let binding = entry.binding.clone();
-        insert_index(&mut ix.by_room, room.clone(), id);
-        if let Some(ack) = ack {
-            ix.send(id, Outbound::Text(text(&ack)));
-        }
-        if newly_in && ix.changes_members(id, &binding, &room) {
-            ix.send_presence(&room);
-        } else {
-            // The member list is unchanged; the joining socket still learns it.
-            let frame = ServerFrame::Presence { room: room.to_string(), members: ix.members(&room) };
-            ix.send(id, Outbound::Text(text(&frame)));
-        }
-    }
-
-    /// Removes a socket from a room: `ack` to it, the new presence to the others.
-    pub fn leave(&self, id: SocketId, room: &str, ack: Option<ServerFrame>) {
-        let mut ix = self.write();
-        let was_member = ix.sockets.get_mut(&id).is_some_and(|e| e.rooms.remove(room));
-        if let Some(ack) = ack {
-            ix.send(id, Outbound::Text(text(&ack)));
-        }
-        if was_member {
-            remove_index(&mut ix.by_room, &Arc::from(room), id);
-            let binding = ix.sockets[&id].binding.clone();
-            if ix.changes_members(id, &binding, room) {
-                ix.send_presence(room);
+        let member = entry.member();
+        let state = ix.rooms.entry(room.clone()).or_default();
+        let mut diff = (Vec::new(), Vec::new());
+        if newly_in {
+            state.sockets.insert(id);
+            match state.add(&member) {
+                Added::Unchanged => {}
+                Added::Joined => diff.0.push(member),
+                Added::Replaced(old) => diff = (vec![member], vec![old]),
             }
         }
+        let members = state.members();
+        if let Some(ack) = ack(&members) {
+            ix.send_frame(id, &ack);
+        }
+        ix.send_frame(id, &ServerFrame::Presence { room: room.to_string(), members });
+        ix.send_diff(&room, diff.0, diff.1, Some(id));
+        drop(ix);
+        self.settle(newly_in);
+    }
+
+    /// Removes a socket from a room: `ack` to it, then `presence_diff` to the others.
+    pub fn leave(&self, id: SocketId, room: &str, ack: Option<ServerFrame>) {
+        let mut ix = self.write();
+        if let Some(ack) = ack {
+            ix.send_frame(id, &ack);
+        }
+        let left = ix.sockets.get_mut(&id).and_then(|e| e.rooms.take(room).map(|room| (room, e.member())));
+        if let Some((room, member)) = &left {
+            ix.remove_from_room(id, room, member);
+        }
+        drop(ix);
+        self.settle(left.is_some());
     }
 
     pub fn is_in_room(&self, id: SocketId, room: &str) -> bool {
         self.read().sockets.get(&id).is_some_and(|e| e.rooms.contains(room))
+    }
+
+    /// A room's members on this node, ordered by key.
+    pub fn members(&self, room: &str) -> Vec<Member> {
+        self.read().rooms.get(room).map(RoomState::members).unwrap_or_default()
     }
 
     /// Every live socket, oldest first, for the admin view.
@@ -523,6 +646,7 @@ impl Registry {
                     guest_name: e.binding.guest_name().map(String::from),
                     rooms: e.rooms.iter().map(|r| r.to_string()).collect(),
                     connected_at: e.connected_at.clone(),
+                    node: self.node.clone(),
                 }
             })
             .collect()

@@ -2,6 +2,8 @@
 //! through `oneshot` on the same state, and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -262,6 +264,18 @@ impl Socket {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Closes from the client side and waits for the server's Close reply: by
+    /// then the server has removed the socket from its registry.
+    pub async fn hang_up(mut self) {
+        self.stream.close(None).await.unwrap();
+        loop {
+            match tokio::time::timeout(PATIENCE, self.stream.next()).await.expect("the server answers the close") {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return,
             }
         }
     }

@@ -1,0 +1,25 @@
+//! The one path by which a user's stored role changes while the server runs.
+
+use tether_protocol::{Role, User};
+
+use super::store;
+use crate::error::ApiResult;
+use crate::AppState;
+
+/// Stores a user's role and makes every live socket of theirs follow at once:
+/// each is rebound to the stored user and receives `bound`, so the role counts
+/// on every socket (../shared/PROTOCOL.md "Users and sessions"). Every caller
+/// that changes a role (the admin's `PUT /api/admin/users/{id}/role`, the
+/// `TETHER_ADMIN_EMAILS` promotion at login) goes through here.
+///
+/// `Ok(None)`: no such user.
+pub async fn set_role(state: &AppState, user_id: &str, role: Role) -> ApiResult<Option<User>> {
+    let Some(user) = store::set_role(&state.db, user_id, role).await? else {
+        return Ok(None);
+    };
+    // Cached sessions hold the old user; the next request reads the new one.
+    state.sessions.forget_user(&user.id);
+    let sockets = state.registry.update_user(&user);
+    tracing::info!(user_id = %user.id, role = user.role.as_str(), sockets, "role stored");
+    Ok(Some(user))
+}
