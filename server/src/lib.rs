@@ -95,7 +95,7 @@ impl AppState {
             keys: Arc::new(Keys::new(&secret)),
             registry: Arc::new(Registry::new(settings.allow_guests)),
             sequencer: Arc::default(),
-            socket_timeouts: ws::SocketTimeouts::default(),
+            socket_timeouts: ws::SocketTimeouts::from_limits(&settings.limits),
             throttle: Arc::default(),
             sessions: Arc::new(SessionCache::new(settings.limits.session_recheck)),
             rate_limits: Arc::new(RateLimits::new(&settings.limits)),

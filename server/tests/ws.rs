@@ -319,6 +319,31 @@ async fn a_slow_consumer_is_evicted_at_once_and_closed_with_4002() {
     assert_eq!(stalled.closed().await, Some(4002));
 }
 
+/// A client that stops reading with only a few (large) frames queued is not
+/// caught by the queue limit; the write timeout catches it: evicted, its room
+/// told, closed with 4002.
+#[tokio::test]
+async fn a_write_blocked_past_the_write_timeout_evicts_the_socket() {
+    let server = common::start_with(&[("TETHER_WRITE_TIMEOUT_SECS", "1")]).await;
+    let ann = server.register("ann@x.io", "Ann").await;
+    let bob = server.register("bob@x.io", "Bob").await;
+    let room = server.call(Method::POST, "/api/rooms").cookie(&bob.cookie).json(json!({"name": "Lobby"})).send().await;
+    let code = room.body["room"]["code"].as_str().unwrap().to_string();
+    let (mut stalled, _) = server.socket(Some(&ann.cookie)).await;
+    let (mut watcher, _) = server.socket(Some(&bob.cookie)).await;
+    assert_eq!(stalled.request(json!({"type": "join", "room": code})).await["ok"], true);
+    assert_eq!(watcher.request(json!({"type": "join", "room": code})).await["ok"], true);
+    // 32 MiB in 32 frames: more than the kernel's buffers, far fewer frames than the queue holds.
+    let pad = "z".repeat(1024 * 1024);
+    for n in 0..32 {
+        let frame = ServerFrame::Event { topic: "load".into(), data: json!({"n": n, "pad": pad}) };
+        server.state.registry.emit(Audience::User(ann.id().as_str()), &frame);
+    }
+    let left = watcher.next_of("presence_diff").await;
+    assert_eq!(left["leaves"][0]["name"], "Ann", "{left}");
+    assert_eq!(stalled.closed().await, Some(4002));
+}
+
 /// Emits to user A and user B without pause while one socket is rebound
 /// between them: after each ack, no frame addressed to the previous binding
 /// may arrive.

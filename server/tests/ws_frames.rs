@@ -143,3 +143,30 @@ async fn a_ping_flood_is_closed_like_any_other_flood() {
     assert_eq!(ending, Ending::Close(Some(1008)));
     assert!(pongs <= 100, "the server stopped answering pings at the limit: {pongs} pongs");
 }
+
+/// The heartbeat: the server pings on its interval; a peer that answers
+/// stays, a peer that never answers is closed (dead peers and idle cuts are
+/// found within a bounded time).
+#[tokio::test]
+async fn the_server_pings_and_closes_a_peer_that_never_answers() {
+    let server = start_with(&[("TETHER_PING_INTERVAL_SECS", "1"), ("TETHER_PONG_TIMEOUT_SECS", "1")]).await;
+    // This one answers every ping: still open after several intervals.
+    let mut alive = RawClient::connect(&server, None).await;
+    welcomed(&mut alive).await;
+    for _ in 0..3 {
+        let ping = alive.read_frame().await.expect("a ping each interval");
+        assert_eq!(ping.opcode, PING);
+        alive.send_frame(true, 0, common::raw::PONG, true, &ping.payload).await;
+    }
+    alive.send_text(r#"{"type":"ping","ref":1}"#).await;
+    let ack = alive.read_frame().await.expect("still served");
+    assert!(ack.text().contains(r#""ok":true"#), "{}", ack.text());
+
+    // This one reads but never answers: a ping, then the Close.
+    let mut silent = RawClient::connect(&server, None).await;
+    welcomed(&mut silent).await;
+    let ping = silent.read_frame().await.expect("a ping");
+    assert_eq!(ping.opcode, PING);
+    assert_eq!(silent.ending().await.0, Ending::Close(Some(1001)));
+    silent.finish_close().await;
+}

@@ -25,24 +25,30 @@ const FRAME_BURST: f64 = 40.0;
 /// Refusals after which the socket is closed with 1008 (../shared/PROTOCOL.md "Limits").
 const REFUSALS_BEFORE_CLOSE: u32 = 50;
 
-/// How long a socket may take over the things a client controls.
+/// How long a socket may take over the things a client controls; from the
+/// `[tether]` settings ([`crate::config::Limits`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SocketTimeouts {
-    /// The server pings a socket this often; one that sent nothing (not even
-    /// a pong) over a whole interval after a ping is closed.
+    /// The server pings a socket this often (PROTOCOL.md: "pings every socket on an interval").
     pub ping_interval: Duration,
+    /// A socket that sends nothing (no frame, no pong) this long after a ping is closed.
+    pub pong_timeout: Duration,
+    /// A socket that sends nothing at all this long is closed.
+    pub idle_timeout: Duration,
     /// Longest a write of queued frames may block before the socket counts as too slow (4002).
     pub write_timeout: Duration,
     /// Longest the closing handshake may take: our Close written, the peer's awaited.
     pub close_timeout: Duration,
 }
 
-impl Default for SocketTimeouts {
-    fn default() -> SocketTimeouts {
+impl SocketTimeouts {
+    pub fn from_limits(limits: &crate::config::Limits) -> SocketTimeouts {
         SocketTimeouts {
-            ping_interval: Duration::from_secs(20),
-            write_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(5),
+            ping_interval: limits.ping_interval,
+            pong_timeout: limits.pong_timeout,
+            idle_timeout: limits.socket_idle_timeout,
+            write_timeout: limits.write_timeout,
+            close_timeout: limits.close_timeout,
         }
     }
 }
@@ -190,8 +196,10 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
         timeouts.ping_interval,
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Whether the peer has sent anything since the last ping.
-    let mut heard = true;
+    // When the peer must have said something by: moved on by every frame it
+    // sends, pulled in by every ping the server sends.
+    let silence = tokio::time::sleep(timeouts.idle_timeout);
+    tokio::pin!(silence);
 
     let end = loop {
         tokio::select! {
@@ -228,12 +236,15 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
                 expiry_armed = false;
                 state.registry.expire(id);
             }
+            _ = &mut silence => {
+                tracing::info!(socket_id = %connection.public_id, "socket went silent; closing");
+                break End::Close(close_code::GOING_AWAY, "no answer to ping");
+            }
             _ = heartbeat.tick() => {
-                if !heard {
-                    tracing::info!(socket_id = %connection.public_id, "no answer to ping; closing");
-                    break End::Close(close_code::GOING_AWAY, "ping timeout");
+                let answer_by = tokio::time::Instant::now() + timeouts.pong_timeout;
+                if answer_by < silence.deadline() {
+                    silence.as_mut().reset(answer_by);
                 }
-                heard = false;
                 match tokio::time::timeout(timeouts.write_timeout, sink.send(Message::Ping(Default::default()))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break End::Gone,
@@ -244,7 +255,7 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
                 }
             }
             incoming = stream.next() => {
-                heard = true;
+                silence.as_mut().reset(tokio::time::Instant::now() + timeouts.idle_timeout);
                 match incoming {
                     Some(Ok(Message::Text(text))) => match limiter.admit() {
                         // Boxed: the handlers' futures (database queries) are large, and an
