@@ -4,7 +4,8 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use tether_protocol::Role;
 
-use crate::session::{self, use_auth};
+use crate::identity::use_auth;
+use crate::session;
 use crate::socket::{use_socket, Status};
 
 #[component]

@@ -3,6 +3,7 @@
 //! and hydrated in the browser (`hydrate`).
 
 pub mod api;
+pub mod identity;
 mod components;
 pub mod pages;
 pub mod session;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tether_protocol::User;
 
 use components::{EventLog, Header};
-use session::Auth;
+use identity::Auth;
 use socket::Socket;
 
 /// The user of the request's cookie, put on the request by the server so the

@@ -2,19 +2,10 @@
 //! and the other tabs.
 
 use leptos::prelude::*;
-use tether_protocol::{AuthResponse, TicketResponse, User};
+use tether_protocol::{AuthResponse, TicketResponse};
 
 use crate::api;
 use crate::socket::Socket;
-
-#[derive(Clone, Copy)]
-pub struct Auth {
-    pub user: RwSignal<Option<User>>,
-}
-
-pub fn use_auth() -> Auth {
-    expect_context::<Auth>()
-}
 
 /// Tabs of one browser tell each other about a login over this channel.
 #[cfg(feature = "hydrate")]

@@ -11,7 +11,7 @@ use leptos::prelude::*;
 use serde_json::{Map, Value};
 use tether_protocol::{ChatMessage, ClientFrame, ErrorBody, Member, Room, User};
 
-use crate::session::Auth;
+use crate::identity::Auth;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {

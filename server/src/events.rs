@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tether_protocol::{topic, Role, Room, ServerFrame, User};
 
-use crate::ws::{Audience, Registry};
+use crate::registry::{Audience, Registry};
 
 pub enum ModelEvent {
     RoomCreated(Room),

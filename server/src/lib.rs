@@ -1,4 +1,18 @@
 //! The Tether server: accounts, the bound WebSocket and its registry, rooms.
+//!
+//! Layers, bottom to top; a module imports only from layers below its own
+//! (`../shared/tools/module-cycles` finds none):
+//!
+//! 1. Storage and shared types: [`db`], [`config`], [`error`], [`extract`],
+//!    [`origin`], [`rate_limit`], and each feature's `store` (SQL only).
+//! 2. [`registry`]: this node's live sockets by user, session, role and room,
+//!    and rooms' presence. It knows nothing of HTTP, accounts or storage; its
+//!    audiences are plain data ([`registry::Audience`]). Every frame a socket
+//!    receives and every change of who it belongs to passes through it.
+//! 3. Features: [`auth`], [`rooms`] (with its per-room [`rooms::Sequencer`]),
+//!    [`admin`], [`events`].
+//! 4. Transport and routers: [`ws`] (the upgrade and the per-socket task),
+//!    [`site`], [`connections`] (the accept loop), and [`app`] / [`serve`] here.
 
 pub mod admin;
 pub mod auth;
@@ -10,6 +24,7 @@ pub mod events;
 pub mod extract;
 pub mod origin;
 pub mod rate_limit;
+pub mod registry;
 pub mod rooms;
 pub mod site;
 pub mod ws;
@@ -37,7 +52,7 @@ use config::Settings;
 use connections::ConnectionLimits;
 use error::ApiError;
 use rate_limit::RateLimits;
-use ws::Registry;
+use registry::Registry;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use common::{start, start_with, TestServer};
 use serde_json::{json, Value};
-use server::ws::Audience;
+use server::registry::Audience;
 use tether_protocol::ServerFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -294,7 +294,7 @@ async fn a_slow_consumer_is_evicted_at_once_and_closed_with_4002() {
     assert_eq!(stalled.request(json!({"type": "join", "room": code})).await["ok"], true);
     assert_eq!(healthy.request(json!({"type": "join", "room": code})).await["ok"], true);
     let stalled_id = stalled_welcome["socket_id"].as_str().unwrap().to_string();
-    let listed = |registry: &server::ws::Registry| registry.snapshot().iter().any(|s| s.socket_id == stalled_id);
+    let listed = |registry: &server::registry::Registry| registry.snapshot().iter().any(|s| s.socket_id == stalled_id);
 
     // Frames for Ann only, while her socket reads nothing: first the kernel's
     // buffers fill, then the 256-frame queue, and the push that overflows it evicts.

@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use tether_protocol::{LiveSocket, LiveSocketsResponse, Role, SetRoleRequest, UserResponse};
 
 use crate::api;
-use crate::session::use_auth;
+use crate::identity::use_auth;
 use crate::socket::use_socket;
 
 #[component]

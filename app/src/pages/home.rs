@@ -1,7 +1,7 @@
 use leptos::prelude::*;
 use leptos_router::components::A;
 
-use crate::session::use_auth;
+use crate::identity::use_auth;
 
 #[component]
 pub fn HomePage() -> impl IntoView {

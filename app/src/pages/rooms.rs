@@ -9,7 +9,7 @@ use tether_protocol::{
 };
 
 use crate::api;
-use crate::session::use_auth;
+use crate::identity::use_auth;
 use crate::socket::{merge_messages, use_socket, Socket};
 
 /// Joins a room over the socket. A tab that already holds some of the room's

@@ -5,6 +5,7 @@ pub mod roles;
 pub mod sessions;
 pub mod store;
 pub mod throttle;
+pub mod validate;
 pub mod token;
 
 use axum::extract::{FromRequestParts, State};
@@ -24,15 +25,14 @@ use crate::db::now_unix;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{publish, ModelEvent};
 use crate::extract::{ApiJson, ClientIp};
-use crate::ws::CallerSockets;
 use crate::AppState;
 use store::Session;
+use validate::{valid_email, valid_name, MAX_NAME_CHARS};
 use token::{Claims, ISSUER};
 
 pub const COOKIE_NAME: &str = "tether_session";
 /// Socket tickets live this long, in seconds.
 const TICKET_TTL_SECS: i64 = 60;
-const MAX_NAME_CHARS: usize = 50;
 /// Bounds the hashing work one request can ask for.
 const MAX_PASSWORD_CHARS: usize = 1024;
 
@@ -123,23 +123,7 @@ async fn start_session(state: &AppState, jar: CookieJar, user: User) -> ApiResul
 }
 
 /// Whether `email` (trimmed) is a plausible address of at most 254 bytes.
-pub fn valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else { return false };
-    email.len() <= 254
-        && !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@')
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-fn valid_name(name: &str) -> bool {
-    let chars = name.chars().count();
-    (1..=MAX_NAME_CHARS).contains(&chars) && !name.chars().any(char::is_control)
-}
-
-async fn register(
+pub async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     jar: CookieJar,
@@ -223,26 +207,32 @@ async fn ticket(State(state): State<AppState>, AuthSession(session): AuthSession
     Ok(Json(TicketResponse { ticket: issue_ticket(&state, &session.id).await? }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The caller's own live sockets, for HTTP handlers: the sockets bound
+/// through the session of the request's cookie (none for a guest).
+pub struct CallerSockets {
+    state: AppState,
+    session: Option<Session>,
+}
 
-    #[test]
-    fn emails() {
-        for good in ["a@b.io", "Ann.Lee+x@mail.example.com"] {
-            assert!(valid_email(good), "{good}");
-        }
-        for bad in ["", "a", "a@b", "@b.io", "a@.io", "a@b.", "a b@c.io", "a@b@c.io"] {
-            assert!(!valid_email(bad), "{bad}");
-        }
+impl CallerSockets {
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
     }
 
-    #[test]
-    fn names() {
-        assert!(valid_name("Zoë"));
-        assert!(valid_name(&"é".repeat(50)));
-        assert!(!valid_name(""));
-        assert!(!valid_name(&"x".repeat(51)));
-        assert!(!valid_name("a\u{7}b"));
+    /// Ends the caller's session on its sockets: each gets `unbound` with `reason`.
+    pub fn unbind(&self, reason: UnbindReason) {
+        if let Some(session) = &self.session {
+            self.state.registry.revoke_session(&session.id, session.expires_at, reason);
+        }
     }
 }
+
+impl FromRequestParts<AppState> for CallerSockets {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let session = session_from_headers(state, &parts.headers).await?;
+        Ok(CallerSockets { state: state.clone(), session })
+    }
+}
+

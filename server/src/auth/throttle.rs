@@ -119,7 +119,7 @@ fn wait_time(times: &mut VecDeque<Instant>, limit: usize, window: Duration, now:
 /// a plausible address of at most [`MAX_EMAIL_BYTES`] (never recorded).
 pub fn throttle_key(email: &str) -> Option<String> {
     let email = email.trim();
-    (email.len() <= MAX_EMAIL_BYTES && super::valid_email(email)).then(|| email.to_lowercase())
+    (email.len() <= MAX_EMAIL_BYTES && super::validate::valid_email(email)).then(|| email.to_lowercase())
 }
 
 impl LoginThrottle {

@@ -23,8 +23,7 @@ use crate::db::{format_rfc3339, now_ms, parse_rfc3339};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{publish, ModelEvent};
 use crate::extract::ApiJson;
-use crate::ws::registry::SocketId;
-use crate::ws::Audience;
+use crate::registry::{Audience, SocketId};
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -1,21 +1,18 @@
-//! `GET /ws`: the cookie-authenticated upgrade, and the registry behind it.
+//! `GET /ws`: the cookie-authenticated upgrade and the socket transport
+//! (the top layer: it drives the features for each frame).
 
-mod queue;
-pub mod registry;
 mod socket;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use tether_protocol::{close_code, UnbindReason, MAX_BODY_BYTES};
+use tether_protocol::{close_code, MAX_BODY_BYTES};
 
-pub use registry::{Audience, Binding, Registry};
 pub use socket::SocketTimeouts;
 
-use crate::auth::{session_from_headers, store::Session};
+use crate::auth::session_from_headers;
 use crate::error::ApiError;
 use crate::origin::has_allowed_origin;
 use crate::AppState;
@@ -64,33 +61,4 @@ pub async fn upgrade(
             }
             socket::run(state, socket, session).await
         })
-}
-
-/// The caller's own live sockets, for HTTP handlers: the sockets bound
-/// through the session of the request's cookie (none for a guest).
-pub struct CallerSockets {
-    state: AppState,
-    session: Option<Session>,
-}
-
-impl CallerSockets {
-    pub fn session(&self) -> Option<&Session> {
-        self.session.as_ref()
-    }
-
-    /// Ends the caller's session on its sockets: each gets `unbound` with `reason`.
-    pub fn unbind(&self, reason: UnbindReason) {
-        if let Some(session) = &self.session {
-            self.state.registry.revoke_session(&session.id, session.expires_at, reason);
-        }
-    }
-}
-
-impl FromRequestParts<AppState> for CallerSockets {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let session = session_from_headers(state, &parts.headers).await?;
-        Ok(CallerSockets { state: state.clone(), session })
-    }
 }

@@ -12,7 +12,7 @@ use tether_protocol::{
     close_code, to_fields, ClientEnvelope, ClientFrame, ErrorBody, LoginAck, ServerFrame, WhoamiAck,
 };
 
-use super::registry::{Binding, Connection, Outbound, SocketId};
+use crate::registry::{Audience, Binding, Connection, Outbound, SocketId};
 use crate::auth::store::{self as auth_store, Session};
 use crate::db::now_unix;
 use crate::error::ApiError;
@@ -335,7 +335,7 @@ async fn close(sink: &mut Sink, stream: &mut Source, end: End, timeout: Duration
 /// frame on failure and nothing on success.
 fn reply(state: &AppState, id: SocketId, reference: Option<i64>, result: Result<Map<String, serde_json::Value>, ErrorBody>) {
     if let Some(frame) = answer(reference, result) {
-        state.registry.emit(super::Audience::Socket(id), &frame);
+        state.registry.emit(Audience::Socket(id), &frame);
     }
 }
 

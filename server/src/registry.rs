@@ -34,7 +34,9 @@ use rand::Rng;
 use serde_json::json;
 use tether_protocol::{close_code, topic, LiveSocket, Member, Role, ServerFrame, UnbindReason, User};
 
-use super::queue::{Push, Queue};
+pub mod queue;
+
+use queue::{Push, Queue};
 
 use crate::db::{now_rfc3339, now_unix};
 
