@@ -1,7 +1,7 @@
 // No lost messages (contract version 2, `seq` and `join.since`): a tab whose
 // socket drops rejoins its room with the last seq it holds and shows every
 // message sent while it was away, in order, with nothing twice.
-import { expect, test, type Page, type WebSocketRoute } from '@playwright/test';
+import { expect, test, type BrowserContext, type Page, type WebSocketRoute } from '@playwright/test';
 import { newAccount, registerViaApi, waitOnline } from './helpers';
 
 const messages = (page: Page) => page.getByTestId('message');
@@ -40,6 +40,19 @@ async function sendOverOwnSocket(page: Page, code: string, texts: string[]): Pro
   );
 }
 
+/** A fresh user in `context` with a room of their own and an online page. */
+async function authorWithRoom(context: BrowserContext, prefix: string) {
+  const author = newAccount(prefix);
+  await registerViaApi(context.request, author);
+  const created = await context.request.post('/api/rooms', { data: { name: `${prefix} ${Date.now().toString(36)}` } });
+  expect(created.status()).toBe(201);
+  const { room } = await created.json();
+  const authorPage = await context.newPage();
+  await authorPage.goto('/');
+  await waitOnline(authorPage);
+  return { room, authorPage };
+}
+
 test('a tab that loses its socket resumes its room with every message it missed, in order', async ({
   browser,
   baseURL,
@@ -47,14 +60,7 @@ test('a tab that loses its socket resumes its room with every message it missed,
   const authorContext = await browser.newContext({ baseURL });
   const readerContext = await browser.newContext({ baseURL });
   try {
-    const author = newAccount('Resume');
-    await registerViaApi(authorContext.request, author);
-    const created = await authorContext.request.post('/api/rooms', { data: { name: `Resume ${Date.now().toString(36)}` } });
-    expect(created.status()).toBe(201);
-    const { room } = await created.json();
-    const authorPage = await authorContext.newPage();
-    await authorPage.goto('/');
-    await waitOnline(authorPage);
+    const { room, authorPage } = await authorWithRoom(authorContext, 'Resume');
 
     // The reader's socket goes through a route the test can cut, like a network drop.
     const reader = await readerContext.newPage();
@@ -96,13 +102,7 @@ test('a room with more than a page of history loads older messages on demand', a
   const authorContext = await browser.newContext({ baseURL });
   const readerContext = await browser.newContext({ baseURL });
   try {
-    const author = newAccount('Pages');
-    await registerViaApi(authorContext.request, author);
-    const created = await authorContext.request.post('/api/rooms', { data: { name: `Pages ${Date.now().toString(36)}` } });
-    const { room } = await created.json();
-    const authorPage = await authorContext.newPage();
-    await authorPage.goto('/');
-    await waitOnline(authorPage);
+    const { room, authorPage } = await authorWithRoom(authorContext, 'Pages');
     const texts = Array.from({ length: 61 }, (_, i) => `page ${i + 1}`);
     await sendOverOwnSocket(authorPage, room.code, texts);
 

@@ -279,20 +279,33 @@ async fn with_guests_off_only_bound_sockets_stay() {
     assert_eq!(revoked.closed().await, Some(4401));
 }
 
+/// Ann's socket (to be stalled) and Bob's (watching) in one room.
+struct StalledRoom {
+    ann: common::Account,
+    stalled: common::Socket,
+    stalled_welcome: Value,
+    watcher: common::Socket,
+}
+
+async fn stalled_room(server: &TestServer) -> StalledRoom {
+    let ann = server.register("ann@x.io", "Ann").await;
+    let bob = server.register("bob@x.io", "Bob").await;
+    let room = server.call(Method::POST, "/api/rooms").cookie(&bob.cookie).json(json!({"name": "Lobby"})).send().await;
+    let code = room.body["room"]["code"].as_str().unwrap().to_string();
+    let (mut stalled, stalled_welcome) = server.socket(Some(&ann.cookie)).await;
+    let (mut watcher, _) = server.socket(Some(&bob.cookie)).await;
+    assert_eq!(stalled.request(json!({"type": "join", "room": code})).await["ok"], true);
+    assert_eq!(watcher.request(json!({"type": "join", "room": code})).await["ok"], true);
+    StalledRoom { ann, stalled, stalled_welcome, watcher }
+}
+
 /// A socket that stops reading is evicted the moment its queue overflows: out
 /// of the registry and its room's presence at once, and closed with 4002
 /// `too_slow`, which the client finds once it reads again.
 #[tokio::test]
 async fn a_slow_consumer_is_evicted_at_once_and_closed_with_4002() {
     let server = start().await;
-    let ann = server.register("ann@x.io", "Ann").await;
-    let bob = server.register("bob@x.io", "Bob").await;
-    let room = server.call(Method::POST, "/api/rooms").cookie(&bob.cookie).json(json!({"name": "Lobby"})).send().await;
-    let code = room.body["room"]["code"].as_str().unwrap().to_string();
-    let (mut stalled, stalled_welcome) = server.socket(Some(&ann.cookie)).await;
-    let (mut healthy, _) = server.socket(Some(&bob.cookie)).await;
-    assert_eq!(stalled.request(json!({"type": "join", "room": code})).await["ok"], true);
-    assert_eq!(healthy.request(json!({"type": "join", "room": code})).await["ok"], true);
+    let StalledRoom { ann, mut stalled, stalled_welcome, watcher: mut healthy } = stalled_room(&server).await;
     let stalled_id = stalled_welcome["socket_id"].as_str().unwrap().to_string();
     let listed = |registry: &server::registry::Registry| registry.snapshot().iter().any(|s| s.socket_id == stalled_id);
 
@@ -325,14 +338,7 @@ async fn a_slow_consumer_is_evicted_at_once_and_closed_with_4002() {
 #[tokio::test]
 async fn a_write_blocked_past_the_write_timeout_evicts_the_socket() {
     let server = common::start_with(&[("TETHER_WRITE_TIMEOUT_SECS", "1")]).await;
-    let ann = server.register("ann@x.io", "Ann").await;
-    let bob = server.register("bob@x.io", "Bob").await;
-    let room = server.call(Method::POST, "/api/rooms").cookie(&bob.cookie).json(json!({"name": "Lobby"})).send().await;
-    let code = room.body["room"]["code"].as_str().unwrap().to_string();
-    let (mut stalled, _) = server.socket(Some(&ann.cookie)).await;
-    let (mut watcher, _) = server.socket(Some(&bob.cookie)).await;
-    assert_eq!(stalled.request(json!({"type": "join", "room": code})).await["ok"], true);
-    assert_eq!(watcher.request(json!({"type": "join", "room": code})).await["ok"], true);
+    let StalledRoom { ann, mut stalled, mut watcher, .. } = stalled_room(&server).await;
     // 32 MiB in 32 frames: more than the kernel's buffers, far fewer frames than the queue holds.
     let pad = "z".repeat(1024 * 1024);
     for n in 0..32 {
