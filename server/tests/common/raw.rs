@@ -53,14 +53,17 @@ pub struct RawClient {
 impl RawClient {
     /// Opens `/ws` with the server's own Origin and reads the 101 response.
     pub async fn connect(server: &TestServer, cookie: Option<&str>) -> RawClient {
-        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        RawClient::connect_to(server.addr, cookie).await
+    }
+
+    /// Opens `/ws` on a server at `addr` whose public origin is `http://<addr>`.
+    pub async fn connect_to(addr: std::net::SocketAddr, cookie: Option<&str>) -> RawClient {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
         let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Origin: {origin}\r\n{cookie}\r\n",
-            addr = server.addr,
-            origin = server.origin(),
+             Origin: http://{addr}\r\n{cookie}\r\n",
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut client = RawClient { stream, buffer: Vec::new() };
