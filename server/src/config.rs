@@ -47,6 +47,8 @@ struct LimitsTable {
     write_timeout_secs: u64,
     close_timeout_secs: u64,
     socket_idle_timeout_secs: u64,
+    socket_queue_frames: u64,
+    socket_write_buffer_bytes: u64,
     session_recheck_secs: u64,
     registrations_per_minute: u64,
     rooms_per_minute_per_user: u64,
@@ -96,6 +98,17 @@ pub struct Limits {
     /// `socket-idle-timeout-secs` (60): a WebSocket that sends nothing at all
     /// (no frame, no pong) this long is closed. Rule: issue 10 item 2.
     pub socket_idle_timeout: Duration,
+    /// `socket-queue-frames` (256): frames queued for one socket while it is
+    /// being written; the one that overflows it evicts the socket (4002
+    /// `too_slow`). Fan-out frames are shared, so this bounds references, not
+    /// copies. Rule: PROTOCOL.md v2 close 4002, issue 9 item 4.
+    pub socket_queue_frames: usize,
+    /// `socket-write-buffer-bytes` (8388608): most bytes one socket's write
+    /// buffer may hold while its peer does not read (control-frame answers
+    /// included); beyond it the socket is dropped as too slow. It must hold the
+    /// largest frame the server sends: a resuming join's history (500 messages
+    /// of up to 8000 bytes). Rule: issue 10 item 1.
+    pub socket_write_buffer_bytes: usize,
     /// `session-recheck-secs` (5): a cached session and its user are trusted
     /// this long before they are read again from the database, so a deleted or
     /// changed user stops (or changes) authenticating within it. Rule: issue 10 item 8.
@@ -141,6 +154,10 @@ impl LimitsTable {
             write_timeout: secs("TETHER_WRITE_TIMEOUT_SECS", self.write_timeout_secs)?,
             close_timeout: secs("TETHER_CLOSE_TIMEOUT_SECS", self.close_timeout_secs)?,
             socket_idle_timeout: secs("TETHER_SOCKET_IDLE_TIMEOUT_SECS", self.socket_idle_timeout_secs)?,
+            socket_queue_frames: count("TETHER_SOCKET_QUEUE_FRAMES", self.socket_queue_frames)?,
+            // Above the 4 KiB a write gathers (tungstenite requires it).
+            socket_write_buffer_bytes: number("TETHER_SOCKET_WRITE_BUFFER_BYTES", self.socket_write_buffer_bytes, 64 * 1024)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))?,
             session_recheck: number("TETHER_SESSION_RECHECK_SECS", self.session_recheck_secs, 0).map(Duration::from_secs)?,
             registrations_per_minute: rate("TETHER_REGISTRATIONS_PER_MINUTE", self.registrations_per_minute)?,
             rooms_per_minute_per_user: rate("TETHER_ROOMS_PER_MINUTE_PER_USER", self.rooms_per_minute_per_user)?,
@@ -363,6 +380,7 @@ mod tests {
         assert_eq!((l.ping_interval, l.pong_timeout), (Duration::from_secs(20), Duration::from_secs(20)));
         assert_eq!((l.write_timeout, l.close_timeout), (Duration::from_secs(10), Duration::from_secs(5)));
         assert_eq!(l.socket_idle_timeout, Duration::from_secs(60));
+        assert_eq!((l.socket_queue_frames, l.socket_write_buffer_bytes), (256, 8 * 1024 * 1024));
         assert_eq!(l.session_recheck, Duration::from_secs(5));
         assert_eq!(l.registrations_per_minute.get(), 30);
         assert_eq!((l.rooms_per_minute_per_user.get(), l.rooms_per_minute_per_address.get()), (10, 30));

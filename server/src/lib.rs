@@ -108,7 +108,7 @@ impl AppState {
         Ok(AppState {
             db,
             keys: Arc::new(Keys::new(&secret)),
-            registry: Arc::new(Registry::new(settings.allow_guests)),
+            registry: Arc::new(Registry::new(settings.allow_guests, settings.limits.socket_queue_frames)),
             sequencer: Arc::default(),
             socket_timeouts: ws::SocketTimeouts::from_limits(&settings.limits),
             throttle: Arc::default(),

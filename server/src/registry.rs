@@ -8,7 +8,7 @@
 //!
 //! # Slow consumers
 //!
-//! A socket whose queue overflows ([`OUTBOUND_QUEUE`] frames) is evicted at
+//! A socket whose queue overflows (`socket-queue-frames`) is evicted at
 //! once: out of every index and every room's presence (its rooms get a
 //! `presence_diff`), logged once; its task then closes it with 4002 `too_slow`.
 //!
@@ -39,9 +39,6 @@ pub mod queue;
 use queue::{Push, Queue};
 
 use crate::db::{now_rfc3339, now_unix};
-
-/// Frames a socket may have queued before it counts as too slow and is dropped.
-pub const OUTBOUND_QUEUE: usize = 256;
 
 pub type SocketId = u64;
 
@@ -212,6 +209,8 @@ pub struct Registry {
     /// Names this node in socket ids and the admin view; unique across restarts.
     node: String,
     allow_guests: bool,
+    /// Frames a socket may have queued before it counts as too slow and is dropped.
+    queue_frames: usize,
 }
 
 fn text(frame: &ServerFrame) -> Utf8Bytes {
@@ -236,7 +235,7 @@ impl Indexes {
     fn send(&self, id: SocketId, outbound: Outbound) {
         if let Some(entry) = self.sockets.get(&id) {
             if entry.queue.push(outbound) == Push::Evicted {
-                tracing::warn!(socket_id = %entry.public_id, queued = OUTBOUND_QUEUE, "slow socket evicted");
+                tracing::warn!(socket_id = %entry.public_id, "slow socket evicted: its queue overflowed");
                 self.evicted.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             }
         }
@@ -370,9 +369,11 @@ impl Indexes {
 }
 
 impl Registry {
-    pub fn new(allow_guests: bool) -> Registry {
+    /// `queue_frames`: how many frames a socket may have waiting before it is
+    /// evicted as too slow (`socket-queue-frames`).
+    pub fn new(allow_guests: bool, queue_frames: usize) -> Registry {
         let node: String = (0..6).map(|_| char::from(b'a' + rand::thread_rng().gen_range(0..26))).collect();
-        Registry { indexes: RwLock::default(), next_id: AtomicU64::new(1), node, allow_guests }
+        Registry { indexes: RwLock::default(), next_id: AtomicU64::new(1), node, allow_guests, queue_frames }
     }
 
     pub fn allow_guests(&self) -> bool {
@@ -421,7 +422,7 @@ impl Registry {
     pub fn connect(&self, binding: Binding) -> Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let public_id: Arc<str> = format!("{}-{id:x}", self.node).into();
-        let queue = Arc::new(Queue::new(OUTBOUND_QUEUE));
+        let queue = Arc::new(Queue::new(self.queue_frames));
         let mut ix = self.write();
         // A session revoked while this upgrade was being authenticated binds nothing.
         let binding = match binding {

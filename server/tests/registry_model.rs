@@ -133,7 +133,7 @@ fn drain(queue: &Queue<Outbound>) -> Vec<i64> {
 }
 
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
-    let registry = Registry::new(true);
+    let registry = Registry::new(true, 256);
     let mut model = Model::default();
     for (n, step) in steps.into_iter().enumerate() {
         let mark = n as i64;

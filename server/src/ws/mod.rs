@@ -22,12 +22,6 @@ use crate::AppState;
 const READ_BUFFER_BYTES: usize = 512;
 /// Written frames are gathered up to this size before a write (the buffer grows only as used).
 const WRITE_BUFFER_BYTES: usize = 4 * 1024;
-/// Most bytes a socket's write buffer may hold while the peer does not read:
-/// room for the largest frame the server sends (a resuming join's history of
-/// 500 messages of 2000 characters, up to 4 MiB of UTF-8). Beyond it the
-/// socket is too slow (4002); pongs owed to a ping flood never get this far,
-/// since pings count against the frame rate limit.
-const MAX_WRITE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -50,7 +44,9 @@ pub async fn upgrade(
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+        // Beyond it the socket is too slow (4002); pongs owed to a ping flood never
+        // get this far, since pings count against the frame rate limit.
+        .max_write_buffer_size(state.settings.limits.socket_write_buffer_bytes)
         .max_message_size(MAX_BODY_BYTES)
         .max_frame_size(MAX_BODY_BYTES)
         .on_upgrade(move |mut socket| async move {
