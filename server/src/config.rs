@@ -30,6 +30,11 @@ struct TetherTable {
     allow_guests: bool,
     cookie_secure: String,
     trusted_proxies: String,
+    /// Absent from an older settings file: metrics off.
+    #[serde(default)]
+    metrics_addr: String,
+    #[serde(default)]
+    log_format: String,
     #[serde(flatten)]
     limits: LimitsTable,
 }
@@ -166,6 +171,41 @@ impl LimitsTable {
     }
 }
 
+/// Every setting's environment variable and meaning, for `server --help`
+/// (../shared/PROTOCOL.md "Settings", and the limits above).
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("LEPTOS_SITE_ADDR", "address and port to listen on"),
+    ("DATABASE_URL", "sqlite://path (default: <data dir>/tether.db)"),
+    ("TETHER_JWT_SECRET", "signing secret, at least 32 bytes; generated and stored when unset"),
+    ("TETHER_TOKEN_TTL_SECS", "session and JWT lifetime, seconds"),
+    ("TETHER_PUBLIC_ORIGIN", "the site's origin as browsers see it"),
+    ("TETHER_ALLOWED_ORIGINS", "comma-separated extra allowed origins"),
+    ("TETHER_ADMIN_EMAILS", "comma-separated emails made admin at registration and every login"),
+    ("TETHER_ALLOW_GUESTS", "true or false"),
+    ("TETHER_COOKIE_SECURE", "force the cookie's Secure flag (default: https public origin)"),
+    ("TETHER_DATA_DIR", "where the SQLite file and generated secret live"),
+    ("TETHER_TRUSTED_PROXIES", "CIDRs whose X-Forwarded-For is believed"),
+    ("TETHER_METRICS_ADDR", "separate listener for GET /metrics (empty: none)"),
+    ("TETHER_LOG_FORMAT", "text or json"),
+    ("TETHER_HEADER_READ_TIMEOUT_SECS", "seconds to send a request head"),
+    ("TETHER_REQUEST_TIMEOUT_SECS", "seconds for an /api request, body included"),
+    ("TETHER_MAX_CONNECTIONS", "open connections in total"),
+    ("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "open connections from one client address"),
+    ("TETHER_PING_INTERVAL_SECS", "WebSocket heartbeat interval"),
+    ("TETHER_PONG_TIMEOUT_SECS", "seconds a pong may take"),
+    ("TETHER_WRITE_TIMEOUT_SECS", "seconds one socket write may block"),
+    ("TETHER_CLOSE_TIMEOUT_SECS", "seconds the closing handshake may take"),
+    ("TETHER_SOCKET_IDLE_TIMEOUT_SECS", "seconds a socket may send nothing"),
+    ("TETHER_SOCKET_QUEUE_FRAMES", "frames queued for one socket before it is dropped (4002)"),
+    ("TETHER_SOCKET_WRITE_BUFFER_BYTES", "bytes one socket's write buffer may hold"),
+    ("TETHER_SESSION_RECHECK_SECS", "seconds a cached session is trusted"),
+    ("TETHER_REGISTRATIONS_PER_MINUTE", "registrations per client address a minute"),
+    ("TETHER_ROOMS_PER_MINUTE_PER_USER", "room creations per user a minute"),
+    ("TETHER_ROOMS_PER_MINUTE_PER_ADDRESS", "room creations per client address a minute"),
+    ("TETHER_CONFIG", "the settings file (default Leptos.toml)"),
+    ("RUST_LOG", "log filter (default info,sqlx=warn)"),
+];
+
 #[derive(Debug, Deserialize)]
 struct SettingsFile {
     tether: TetherTable,
@@ -189,7 +229,18 @@ pub struct Settings {
     /// `TETHER_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed
     /// for the client address (default: none).
     pub trusted_proxies: Vec<IpNet>,
+    /// `TETHER_METRICS_ADDR` (`metrics-addr`): where `GET /metrics` listens, apart
+    /// from the public listener. `None` (empty, the default): no metrics listener.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `TETHER_LOG_FORMAT` (`log-format`): `text` (default) or `json`, one object a line.
+    pub log_format: LogFormat,
     pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Settings {
@@ -267,6 +318,15 @@ impl Settings {
             .map(|entry| parse_cidr(&entry).ok_or_else(|| invalid("TETHER_TRUSTED_PROXIES", format!("{entry:?} is not a CIDR"))))
             .collect::<Result<Vec<_>, _>>()?;
         let limits = table.limits.resolve(&var)?;
+        let metrics_addr = match get("TETHER_METRICS_ADDR", table.metrics_addr) {
+            a if a.trim().is_empty() => None,
+            a => Some(a.trim().parse().map_err(|e| invalid("TETHER_METRICS_ADDR", e))?),
+        };
+        let log_format = match get("TETHER_LOG_FORMAT", table.log_format).trim() {
+            "" | "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("TETHER_LOG_FORMAT", format!("{other:?} is not text or json"))),
+        };
 
         Ok(Settings {
             leptos,
@@ -280,6 +340,8 @@ impl Settings {
             allow_guests,
             cookie_secure,
             trusted_proxies,
+            metrics_addr,
+            log_format,
             limits,
         })
     }

@@ -4,7 +4,7 @@
 //! (`../shared/tools/module-cycles` finds none):
 //!
 //! 1. Storage and shared types: [`db`], [`config`], [`error`], [`extract`],
-//!    [`origin`], [`rate_limit`], and each feature's `store` (SQL only).
+//!    [`origin`], [`rate_limit`], [`telemetry`], and each feature's `store` (SQL only).
 //! 2. [`registry`]: this node's live sockets by user, session, role and room,
 //!    and rooms' presence. It knows nothing of HTTP, accounts or storage; its
 //!    audiences are plain data ([`registry::Audience`]). Every frame a socket
@@ -27,6 +27,7 @@ pub mod rate_limit;
 pub mod registry;
 pub mod rooms;
 pub mod site;
+pub mod telemetry;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -104,6 +105,8 @@ impl AppState {
         std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)).map_err(data_dir_error)?;
         let secret = auth::token::load_or_create_secret(settings.jwt_secret.as_deref(), &data_dir).map_err(data_dir_error)?;
         let db = db::connect(&settings.database_url).await?;
+        // Installed before anything is counted.
+        telemetry::handle();
         let decoy_hash = auth::password::decoy().await.map_err(|e| StartupError::Other(e.to_string()))?;
         Ok(AppState {
             db,
@@ -142,6 +145,7 @@ pub fn app(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .merge(site::router(&state))
+        .route_layer(middleware::from_fn(telemetry::track_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -150,6 +154,9 @@ pub fn app(state: AppState) -> Router {
 /// with 1001 and lets in-flight requests finish. Connections are limited and
 /// timed as [`config::Limits`] says (see [`connections`]).
 pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()> {
+    if let Some(addr) = state.settings.metrics_addr {
+        telemetry::serve(addr).await?;
+    }
     let registry = state.registry.clone();
     let close_sockets = async move {
         tracing::info!("shutting down");

@@ -9,7 +9,39 @@ use tracing_subscriber::EnvFilter;
 /// an argon2 buffer (19 MiB), which would keep every such buffer in the heap.
 const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
 
+const USAGE: &str = "\
+Tether server: serves the site, the HTTP API and /ws.
+
+Usage: server [--help | --version]
+
+Settings come from the [tether] and [package.metadata.leptos] tables of the
+settings file (TETHER_CONFIG, default Leptos.toml in the working directory);
+each one is overridden by its environment variable. With none set the server
+runs on an SQLite file and a generated secret in ./data, guests allowed.
+";
+
 fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            print!("{USAGE}");
+            println!("\nSettings (variable: where its value comes from now):");
+            let path = std::env::var("TETHER_CONFIG").unwrap_or_else(|_| "Leptos.toml".into());
+            for (variable, meaning) in server::config::SETTINGS {
+                let source = if std::env::var_os(variable).is_some() { "environment".to_string() } else { path.clone() };
+                println!("  {variable:<36} {meaning} [{source}]");
+            }
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("server {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("tether: unknown argument {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     // SAFETY: called once, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
@@ -19,7 +51,12 @@ fn main() -> ExitCode {
 
 async fn serve() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Read before the settings themselves, so that their errors are logged in the chosen format.
+    if std::env::var("TETHER_LOG_FORMAT").as_deref() == Ok("json") {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

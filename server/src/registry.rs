@@ -201,6 +201,8 @@ struct Indexes {
     revoked: HashMap<Arc<str>, i64>,
     /// Sockets whose queue overflowed under a read lock, removed once it is released.
     evicted: Mutex<Vec<SocketId>>,
+    /// Sockets bound to a user (the rest are guests), for the `tether_sockets` gauge.
+    bound: usize,
 }
 
 pub struct Registry {
@@ -215,6 +217,18 @@ pub struct Registry {
 
 fn text(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(frame.to_json())
+}
+
+/// Counts frames queued to sockets (`tether_frames_out_total`, crate::telemetry).
+fn count_out(kind: &'static str, frames: usize) {
+    if frames > 0 {
+        metrics::counter!("tether_frames_out_total", "type" => kind).increment(frames as u64);
+    }
+}
+
+/// Counts a rebind in place (`tether_rebinds_total`).
+fn count_rebind(kind: &'static str) {
+    metrics::counter!("tether_rebinds_total", "kind" => kind).increment(1);
 }
 
 fn insert_index<K: std::hash::Hash + Eq>(index: &mut HashMap<K, BTreeSet<SocketId>>, key: K, id: SocketId) {
@@ -236,6 +250,7 @@ impl Indexes {
         if let Some(entry) = self.sockets.get(&id) {
             if entry.queue.push(outbound) == Push::Evicted {
                 tracing::warn!(socket_id = %entry.public_id, "slow socket evicted: its queue overflowed");
+                metrics::counter!("tether_evictions_total", "cause" => "queue").increment(1);
                 self.evicted.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             }
         }
@@ -246,6 +261,7 @@ impl Indexes {
     }
 
     fn send_frame(&self, id: SocketId, frame: &ServerFrame) {
+        count_out(frame.kind(), 1);
         self.send(id, Outbound::Text(text(frame)));
     }
 
@@ -263,6 +279,7 @@ impl Indexes {
 
     fn index_binding(&mut self, id: SocketId, binding: &Binding) {
         if let Binding::User { user, session_id, .. } = binding {
+            self.bound += 1;
             insert_index(&mut self.by_user, user.id.clone(), id);
             insert_index(&mut self.by_session, session_id.clone(), id);
             insert_index(&mut self.by_role, user.role, id);
@@ -271,6 +288,7 @@ impl Indexes {
 
     fn unindex_binding(&mut self, id: SocketId, binding: &Binding) {
         if let Binding::User { user, session_id, .. } = binding {
+            self.bound -= 1;
             remove_index(&mut self.by_user, &user.id, id);
             remove_index(&mut self.by_session, session_id, id);
             remove_index(&mut self.by_role, &user.role, id);
@@ -284,9 +302,12 @@ impl Indexes {
         }
         let Some(state) = self.rooms.get(room) else { return };
         let frame = text(&ServerFrame::PresenceDiff { room: room.to_string(), joins, leaves });
+        let mut sent = 0;
         for id in state.sockets.iter().filter(|id| Some(**id) != except) {
             self.send_text(*id, &frame);
+            sent += 1;
         }
+        count_out("presence_diff", sent);
     }
 
     /// Takes a socket out of one room; the others hear of its member leaving.
@@ -345,7 +366,7 @@ impl Indexes {
 
     /// Takes the user away from one socket: it becomes a guest (or is closed
     /// with 4401 when guests are off), keeping its rooms.
-    fn unbind(&mut self, id: SocketId, reason: &str, notice: Option<UnbindReason>, allow_guests: bool) {
+    fn unbind(&mut self, id: SocketId, reason: &'static str, notice: Option<UnbindReason>, allow_guests: bool) {
         // The notice goes first: the rooms' new presence follows it.
         if let Some(reason) = notice {
             self.send_frame(id, &ServerFrame::Unbound { reason });
@@ -357,6 +378,7 @@ impl Indexes {
             reason,
             "socket unbound"
         );
+        count_rebind(reason);
         self.send(id, Outbound::Deadline(None));
         if !allow_guests {
             self.send(id, Outbound::Close(close_code::NOT_AUTHENTICATED, "not_authenticated"));
@@ -407,9 +429,13 @@ impl Registry {
             }
             if changed {
                 let event = text(&ServerFrame::Event { topic: topic::SOCKETS_CHANGED.into(), data: json!({}) });
-                for id in ix.recipients(Audience::Role(Role::Admin)) {
+                let admins = ix.recipients(Audience::Role(Role::Admin));
+                for &id in &admins {
                     ix.send_text(id, &event);
                 }
+                count_out("event", admins.len());
+                metrics::gauge!("tether_sockets", "binding" => "user").set(ix.bound as f64);
+                metrics::gauge!("tether_sockets", "binding" => "guest").set((ix.sockets.len() - ix.bound) as f64);
                 changed = false;
             }
             if ix.evicted.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
@@ -476,6 +502,7 @@ impl Registry {
         if let Some(entry) = ix.sockets.get(&id) {
             if entry.queue.evict() {
                 tracing::warn!(socket_id = %entry.public_id, "slow socket evicted: write timed out");
+                metrics::counter!("tether_evictions_total", "cause" => "write_timeout").increment(1);
                 ix.evicted.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             }
         }
@@ -492,6 +519,7 @@ impl Registry {
             for id in &recipients {
                 ix.send_text(*id, &bytes);
             }
+            count_out(frame.kind(), recipients.len());
         }
         drop(ix);
         self.settle(false);
@@ -518,6 +546,7 @@ impl Registry {
         }
         ix.rebind(id, binding)?;
         tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "login", "socket bound");
+        count_rebind("login");
         ix.send(id, Outbound::Deadline(deadline));
         drop(ix);
         self.settle(true);
@@ -577,6 +606,7 @@ impl Registry {
             ix.send_frame(id, &ServerFrame::Bound { user: user.clone(), expires_at: Some(expires_at) });
             ix.rebind(id, Binding::User { user: user.clone(), session_id, expires_at });
             tracing::info!(socket_id = %ix.sockets[&id].public_id, user_id = %user.id, reason = "user changed", "socket bound");
+            count_rebind("role");
         }
         drop(ix);
         self.settle(!ids.is_empty());

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::raw::{Ending, RawClient, PING};
+use common::raw::{http, Ending, RawClient, PING};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Bounds per connection, in KiB of the server's resident memory (measured
@@ -79,25 +79,6 @@ impl ServerProcess {
     }
 }
 
-/// One HTTP/1.1 request over a fresh connection; `None` if it could not be made.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>, cookie: Option<&str>) -> Option<(u16, String, Value)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{cookie}\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, head.to_string(), serde_json::from_str(body).unwrap_or(Value::Null)))
-}
-
 fn per_connection(before: u64, after: u64, connections: u64) -> u64 {
     after.saturating_sub(before) / connections
 }
@@ -152,6 +133,7 @@ async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
     let cookie = server.register("ann@x.io").await;
     let (status, _, room) = http(addr, "POST", "/api/rooms", Some(&json!({"name": "Busy"})), Some(&cookie)).await.unwrap();
     assert_eq!(status, 201);
+    let room: Value = serde_json::from_str(&room).unwrap();
     let code = room["room"]["code"].as_str().unwrap().to_string();
     const UNREAD: u64 = 200;
     let mut unread = Vec::new();

@@ -30,6 +30,22 @@ pub enum ClientFrame {
     Ping,
 }
 
+impl ClientFrame {
+    /// The frame's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Login { .. } => "login",
+            ClientFrame::Logout => "logout",
+            ClientFrame::Whoami => "whoami",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::History { .. } => "history",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Ping => "ping",
+        }
+    }
+}
+
 /// A client frame as parsed from the wire: the frame, or why it is not one,
 /// and the `ref` to answer to when it carried a usable one.
 #[derive(Debug)]
@@ -167,6 +183,21 @@ impl ServerFrame {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server frames always serialize")
     }
+
+    /// The frame's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Bound { .. } => "bound",
+            ServerFrame::Unbound { .. } => "unbound",
+            ServerFrame::Message(_) => "message",
+            ServerFrame::Event { .. } => "event",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::PresenceDiff { .. } => "presence_diff",
+            ServerFrame::Error(_) => "error",
+        }
+    }
 }
 
 /// Success fields of the `login` ack.
@@ -277,6 +308,9 @@ mod tests {
         assert_eq!(unbound.to_json(), r#"{"type":"unbound","reason":"revoked"}"#);
         let error = ServerFrame::Error(ErrorBody::new("bad_frame", "x"));
         assert_eq!(error.to_json(), r#"{"type":"error","code":"bad_frame","message":"x"}"#);
+        for frame in [&ack, &failed, &bound, &unbound, &error] {
+            assert_eq!(serde_json::to_value(frame).unwrap()["type"], frame.kind());
+        }
         let msg = ServerFrame::Message(ChatMessage {
             room: "r".into(),
             id: "1".into(),

@@ -17,7 +17,9 @@ static HASHING: Semaphore = Semaphore::const_new(2);
 static NEW_PASSWORD_HASHING: Semaphore = Semaphore::const_new(1);
 
 async fn off_the_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let waiting = std::time::Instant::now();
     let _permit = HASHING.acquire().await.map_err(|e| ApiError::Internal(Box::new(e)))?;
+    metrics::histogram!("tether_argon2_wait_seconds").record(waiting.elapsed().as_secs_f64());
     Ok(tokio::task::spawn_blocking(work).await?)
 }
 

@@ -31,11 +31,15 @@ pub async fn upgrade(
     // Checked before anything else: browsers send Origin on every WebSocket
     // handshake, so a missing one is not a browser we serve.
     if !has_allowed_origin(&state, &headers) {
+        count_handshake("forbidden_origin");
         return ApiError::ForbiddenOrigin.into_response();
     }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return ApiError::BadRequest(rejection.body_text()).into_response(),
+        Err(rejection) => {
+            count_handshake("bad_request");
+            return ApiError::BadRequest(rejection.body_text()).into_response();
+        }
     };
     let session = match session_from_headers(&state, &headers).await {
         Ok(session) => session,
@@ -51,10 +55,17 @@ pub async fn upgrade(
         .max_frame_size(MAX_BODY_BYTES)
         .on_upgrade(move |mut socket| async move {
             if session.is_none() && !state.registry.allow_guests() {
+                count_handshake("guests_off");
                 let close = CloseFrame { code: close_code::NOT_AUTHENTICATED, reason: "not_authenticated".into() };
                 let _ = socket.send(Message::Close(Some(close))).await;
                 return;
             }
+            count_handshake("accepted");
             socket::run(state, socket, session).await
         })
+}
+
+/// Counts an upgrade by outcome (`tether_handshakes_total`, crate::telemetry).
+fn count_handshake(outcome: &'static str) {
+    metrics::counter!("tether_handshakes_total", "outcome" => outcome).increment(1);
 }

@@ -266,6 +266,7 @@ pub async fn run(state: AppState, socket: WebSocket, session: Option<Session>) {
                     },
                     Some(Ok(Message::Binary(_))) => match limiter.admit() {
                         Admission::Process | Admission::Refuse => {
+                            count_refused("bad_frame");
                             reply(&state, id, None, Err(ErrorBody::new("bad_frame", "frames are JSON text")));
                         }
                         Admission::Close => break rate_limit_close(&connection),
@@ -331,6 +332,11 @@ async fn close(sink: &mut Sink, stream: &mut Source, end: End, timeout: Duration
     let _ = tokio::time::timeout(timeout, handshake).await;
 }
 
+/// Counts a client frame that was not processed (`tether_frames_refused_total`).
+fn count_refused(reason: &'static str) {
+    metrics::counter!("tether_frames_refused_total", "reason" => reason).increment(1);
+}
+
 /// Answers a frame: an `ack` when it carried a usable `ref`, else an `error`
 /// frame on failure and nothing on success.
 fn reply(state: &AppState, id: SocketId, reference: Option<i64>, result: Result<Map<String, serde_json::Value>, ErrorBody>) {
@@ -349,6 +355,7 @@ fn answer(reference: Option<i64>, result: Result<Map<String, serde_json::Value>,
 }
 
 fn refuse_rate_limited(state: &AppState, id: SocketId, text: &str) {
+    count_refused("rate_limited");
     // Only the `ref` is read: a refused frame costs no parse into values.
     let reference = ClientEnvelope::reference_of(text);
     reply(state, id, reference, Err(ErrorBody::new("rate_limited", "too many frames; slow down")));
@@ -356,12 +363,17 @@ fn refuse_rate_limited(state: &AppState, id: SocketId, text: &str) {
 
 async fn handle_text(state: &AppState, id: SocketId, text: &str) {
     let Some(envelope) = ClientEnvelope::parse(text) else {
+        count_refused("bad_frame");
         return reply(state, id, None, Err(ErrorBody::new("bad_frame", "a frame is one JSON object")));
     };
     let reference = envelope.reference;
     match envelope.frame {
-        Err(why) => reply(state, id, reference, Err(ErrorBody::new("bad_frame", why))),
+        Err(why) => {
+            count_refused("bad_frame");
+            reply(state, id, reference, Err(ErrorBody::new("bad_frame", why)))
+        }
         Ok(frame) => {
+            metrics::counter!("tether_frames_in_total", "type" => frame.kind()).increment(1);
             if let Err(error) = dispatch(state, id, reference, frame).await {
                 reply(state, id, reference, Err(error.body()));
             }

@@ -1,9 +1,12 @@
 //! A raw WebSocket client over a plain `TcpStream`, with no WebSocket library:
 //! it writes any frame, well-formed or not, and reads the server's frames
-//! byte for byte, so tests can see exactly what reaches the wire (RFC 6455 5.2).
+//! byte for byte, so tests can see exactly what reaches the wire (RFC 6455 5.2);
+//! and [`http`], one plain HTTP/1.1 request, for servers in other processes.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -189,4 +192,24 @@ fn parse(bytes: &[u8]) -> Option<(Frame, usize)> {
     let payload = bytes[at..at + len].to_vec();
     at += len;
     Some((Frame { fin, opcode, payload }, at))
+}
+
+/// One HTTP/1.1 request over a fresh connection: status, head and body;
+/// `None` if it could not be made.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>, cookie: Option<&str>) -> Option<(u16, String, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{cookie}\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head.to_string(), body.to_string()))
 }
