@@ -410,7 +410,8 @@ mod tests {
         let file = FILE.replace("ping-interval-secs = 20", "ping-interval-secs = 9223372036854775807");
         let err = Settings::resolve(site("127.0.0.1:3000"), &file, |_| None).unwrap_err().to_string();
         assert!(err.contains("TETHER_PING_INTERVAL_SECS") && err.contains("at most"), "{err}");
-        let longest = resolve(&[("TETHER_TOKEN_TTL_SECS", &MAX_SECS.to_string())]).unwrap();
+        let max = MAX_SECS.to_string();
+        let longest = resolve(&[("TETHER_TOKEN_TTL_SECS", max.as_str())]).unwrap();
         assert_eq!(longest.token_ttl, Duration::from_secs(MAX_SECS));
     }
 
