@@ -17,6 +17,11 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
 }
 
+/// The longest duration a setting may give, in seconds (ten years): the server
+/// adds durations to its clock (socket deadlines, `iat + token-ttl-secs` in
+/// i64 seconds), which a larger one would overflow.
+pub const MAX_SECS: u64 = 10 * 365 * 86400;
+
 /// The `[tether]` table of `Leptos.toml`; strings so that "empty" can mean "derive it".
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -142,7 +147,7 @@ impl LimitsTable {
             }
             Ok(value)
         };
-        let secs = |name, default| number(name, default, 1).map(Duration::from_secs);
+        let secs = |name, default| number(name, default, 1).and_then(|n| duration(name, n));
         let count = |name, default| number(name, default, 1).map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let rate = |name: &'static str, default| {
             number(name, default, 1).and_then(|n| {
@@ -163,7 +168,8 @@ impl LimitsTable {
             // Above the 4 KiB a write gathers (tungstenite requires it).
             socket_write_buffer_bytes: number("TETHER_SOCKET_WRITE_BUFFER_BYTES", self.socket_write_buffer_bytes, 64 * 1024)
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX))?,
-            session_recheck: number("TETHER_SESSION_RECHECK_SECS", self.session_recheck_secs, 0).map(Duration::from_secs)?,
+            session_recheck: number("TETHER_SESSION_RECHECK_SECS", self.session_recheck_secs, 0)
+                .and_then(|n| duration("TETHER_SESSION_RECHECK_SECS", n))?,
             registrations_per_minute: rate("TETHER_REGISTRATIONS_PER_MINUTE", self.registrations_per_minute)?,
             rooms_per_minute_per_user: rate("TETHER_ROOMS_PER_MINUTE_PER_USER", self.rooms_per_minute_per_user)?,
             rooms_per_minute_per_address: rate("TETHER_ROOMS_PER_MINUTE_PER_ADDRESS", self.rooms_per_minute_per_address)?,
@@ -279,6 +285,7 @@ impl Settings {
         if token_ttl_secs == 0 {
             return Err(invalid("TETHER_TOKEN_TTL_SECS", "must be at least 1"));
         }
+        let token_ttl = duration("TETHER_TOKEN_TTL_SECS", token_ttl_secs)?;
         let jwt_secret = var("TETHER_JWT_SECRET").filter(|s| !s.is_empty());
         if let Some(secret) = &jwt_secret {
             if secret.len() < 32 {
@@ -333,7 +340,7 @@ impl Settings {
             data_dir,
             database_url,
             jwt_secret,
-            token_ttl: Duration::from_secs(token_ttl_secs),
+            token_ttl,
             public_origin,
             allowed_origins,
             admin_emails,
@@ -364,6 +371,14 @@ impl Settings {
         let ip = ip.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
+}
+
+/// Whole seconds as a duration, at most [`MAX_SECS`].
+fn duration(name: &'static str, secs: u64) -> Result<Duration, ConfigError> {
+    if secs > MAX_SECS {
+        return Err(invalid(name, format!("must be at most {MAX_SECS} seconds")));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 fn invalid(name: &'static str, reason: impl ToString) -> ConfigError {
@@ -471,6 +486,16 @@ mod tests {
     }
 
     #[test]
+    fn durations_in_the_file_are_bounded_too() {
+        let file = FILE.replace("ping-interval-secs = 20", "ping-interval-secs = 9223372036854775807");
+        let err = Settings::resolve(site("127.0.0.1:3000"), &file, |_| None).unwrap_err().to_string();
+        assert!(err.contains("TETHER_PING_INTERVAL_SECS") && err.contains("at most"), "{err}");
+        let max = MAX_SECS.to_string();
+        let longest = resolve(&[("TETHER_TOKEN_TTL_SECS", max.as_str())]).unwrap();
+        assert_eq!(longest.token_ttl, Duration::from_secs(MAX_SECS));
+    }
+
+    #[test]
     fn variables_override_the_file() {
         let s = resolve(&[
             ("TETHER_DATA_DIR", "/tmp/x"),
@@ -504,6 +529,12 @@ mod tests {
             ("TETHER_MAX_CONNECTIONS", "-1"),
             ("TETHER_REGISTRATIONS_PER_MINUTE", "0"),
             ("TETHER_REGISTRATIONS_PER_MINUTE", "99999999999"),
+            // Durations the server's clock arithmetic would overflow (the
+            // config fuzz target's deadline check): a socket's first ping
+            // deadline panicked, a token TTL wrapped to a negative i64.
+            ("TETHER_PING_INTERVAL_SECS", "18446744073709551615"),
+            ("TETHER_TOKEN_TTL_SECS", "9223372036854775808"),
+            ("TETHER_SESSION_RECHECK_SECS", "315360001"),
         ] {
             let err = resolve(&[(name, value)]).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");

@@ -66,23 +66,11 @@ impl ClientEnvelope {
     }
 
     /// Just the `ref` of a frame, if it has a usable one: every other field is
-    /// skipped unparsed (for answering a frame that is refused unread).
+    /// skipped unparsed (for answering a frame that is refused unread). Agrees
+    /// with [`ClientEnvelope::parse`] on every frame that parses: only a JSON
+    /// object has a `ref`, and of duplicate `ref` keys the last counts.
     pub fn reference_of(text: &str) -> Option<i64> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum RefValue {
-            Integer(i64),
-            Other(serde::de::IgnoredAny),
-        }
-        #[derive(Deserialize)]
-        struct RefOnly {
-            #[serde(rename = "ref")]
-            reference: Option<RefValue>,
-        }
-        match serde_json::from_str::<RefOnly>(text).ok()?.reference? {
-            RefValue::Integer(reference) => Some(reference),
-            RefValue::Other(_) => None,
-        }
+        serde_json::from_str::<RefOnly>(text).ok()?.0
     }
 
     /// Serializes a client frame with its `ref`, as a client sends it.
@@ -90,6 +78,97 @@ impl ClientEnvelope {
         let mut fields = crate::to_fields(frame);
         fields.insert("ref".into(), reference.into());
         Value::Object(fields).to_string()
+    }
+}
+
+/// The `ref` of an object, read by [`ClientEnvelope::reference_of`]: a map
+/// (never a sequence, which a derived struct would also accept), the last
+/// `ref` key winning as in a parsed [`Value`] map.
+struct RefOnly(Option<i64>);
+
+impl<'de> Deserialize<'de> for RefOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = RefOnly;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RefOnly, A::Error> {
+                let mut reference = None;
+                while let Some(IsRef(is_ref)) = map.next_key()? {
+                    if is_ref {
+                        reference = map.next_value::<RefValue>()?.0;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(RefOnly(reference))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// Whether a key is `ref` (read without allocating).
+struct IsRef(bool);
+
+impl<'de> Deserialize<'de> for IsRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = IsRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsRef, E> {
+                Ok(IsRef(key == "ref"))
+            }
+        }
+        deserializer.deserialize_str(Key)
+    }
+}
+
+/// A `ref` value: usable when it is an integer that fits an `i64` (as
+/// [`Value::as_i64`]), anything else skipped without being kept.
+struct RefValue(Option<i64>);
+
+impl<'de> Deserialize<'de> for RefValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = RefValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RefValue, E> {
+                Ok(RefValue(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RefValue, E> {
+                Ok(RefValue(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<RefValue, E> {
+                Ok(RefValue(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<RefValue, E> {
+                Ok(RefValue(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<RefValue, E> {
+                Ok(RefValue(None))
+            }
+            fn visit_unit<E>(self) -> Result<RefValue, E> {
+                Ok(RefValue(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RefValue, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(RefValue(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RefValue, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(RefValue(None))
+            }
+        }
+        deserializer.deserialize_any(Any)
     }
 }
 
@@ -280,6 +359,31 @@ mod tests {
         assert_eq!(ClientEnvelope::reference_of(r#"{"type":"ping"}"#), None);
         assert_eq!(ClientEnvelope::reference_of("not json"), None);
         assert_eq!(ClientEnvelope::reference_of(r#"{"ref":{"deep":[1,2,{"x":3}]},"type":"ping"}"#), None);
+    }
+
+    /// Found by the `frame_decoder` fuzz target: `[3372023]` gave a `ref` of
+    /// 3372023 (a derived struct also reads a sequence), though `parse` says it
+    /// is no frame; a duplicate `ref` gave none, though `parse` keeps the last.
+    #[test]
+    fn reference_of_agrees_with_parse() {
+        assert_eq!(ClientEnvelope::reference_of("[3372023] "), None);
+        assert_eq!(ClientEnvelope::reference_of("[3372023, 4]"), None);
+        for text in [
+            r#"{"type":"ping","ref":1,"ref":2}"#,
+            r#"{"ref":1,"type":"ping","ref":"x"}"#,
+            r#"{"ref":null}"#,
+            r#"{"ref":9223372036854775808}"#,
+            r#"{"ref":-9223372036854775808}"#,
+            r#"{"ref":1.0}"#,
+            r#"{"ref":-0}"#,
+            r#"{"r\u0065f":5}"#,
+            r#"{"ref":[1,{"a":[2]}],"x":{"ref":3}}"#,
+        ] {
+            let parsed = ClientEnvelope::parse(text).unwrap().reference;
+            assert_eq!(ClientEnvelope::reference_of(text), parsed, "{text}");
+        }
+        assert_eq!(ClientEnvelope::reference_of(r#"{"type":"ping","ref":1,"ref":2}"#), Some(2));
+        assert_eq!(ClientEnvelope::reference_of(r#"{"r\u0065f":5}"#), Some(5));
     }
 
     #[test]
