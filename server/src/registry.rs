@@ -26,7 +26,7 @@
 //! sees a frame for the old user after the ack.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -189,6 +189,31 @@ impl RoomState {
     }
 }
 
+/// Sockets evicted while only a read lock was held, waiting to be removed.
+#[derive(Default)]
+struct Evictions {
+    ids: Mutex<Vec<SocketId>>,
+    /// Whether `ids` may be non-empty, read without taking the mutex.
+    pending: AtomicBool,
+}
+
+impl Evictions {
+    fn push(&self, id: SocketId) {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<SocketId> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        self.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *ids)
+    }
+
+    fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
 #[derive(Default)]
 struct Indexes {
     sockets: HashMap<SocketId, Entry>,
@@ -200,13 +225,15 @@ struct Indexes {
     /// cannot bind to a dead session. Swept once they expire.
     revoked: HashMap<Arc<str>, i64>,
     /// Sockets whose queue overflowed under a read lock, removed once it is released.
-    evicted: Mutex<Vec<SocketId>>,
+    evicted: Arc<Evictions>,
     /// Sockets bound to a user (the rest are guests), for the `tether_sockets` gauge.
     bound: usize,
 }
 
 pub struct Registry {
     indexes: RwLock<Indexes>,
+    /// The same as the indexes' own, so `settle` can check it without the lock.
+    evicted: Arc<Evictions>,
     next_id: AtomicU64,
     /// Names this node in socket ids and the admin view; unique across restarts.
     node: String,
@@ -251,7 +278,7 @@ impl Indexes {
             if entry.queue.push(outbound) == Push::Evicted {
                 tracing::warn!(socket_id = %entry.public_id, "slow socket evicted: its queue overflowed");
                 metrics::counter!("tether_evictions_total", "cause" => "queue").increment(1);
-                self.evicted.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+                self.evicted.push(id);
             }
         }
     }
@@ -386,7 +413,7 @@ impl Indexes {
     }
 
     fn take_evicted(&self) -> Vec<SocketId> {
-        std::mem::take(&mut *self.evicted.lock().unwrap_or_else(|p| p.into_inner()))
+        self.evicted.take()
     }
 }
 
@@ -395,7 +422,9 @@ impl Registry {
     /// evicted as too slow (`socket-queue-frames`).
     pub fn new(allow_guests: bool, queue_frames: usize) -> Registry {
         let node: String = (0..6).map(|_| char::from(b'a' + rand::thread_rng().gen_range(0..26))).collect();
-        Registry { indexes: RwLock::default(), next_id: AtomicU64::new(1), node, allow_guests, queue_frames }
+        let indexes = Indexes::default();
+        let evicted = indexes.evicted.clone();
+        Registry { indexes: RwLock::new(indexes), evicted, next_id: AtomicU64::new(1), node, allow_guests, queue_frames }
     }
 
     pub fn allow_guests(&self) -> bool {
@@ -418,7 +447,8 @@ impl Registry {
     /// Runs after every operation, with the lock released: removes the sockets
     /// it evicted, and tells admins when the socket list changed (the admin view).
     fn settle(&self, mut changed: bool) {
-        if !changed && self.read().evicted.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        // Checked without the lock: this runs after every emit.
+        if !changed && !self.evicted.is_pending() {
             return;
         }
         let mut ix = self.write();
@@ -438,7 +468,7 @@ impl Registry {
                 metrics::gauge!("tether_sockets", "binding" => "guest").set((ix.sockets.len() - ix.bound) as f64);
                 changed = false;
             }
-            if ix.evicted.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            if !ix.evicted.is_pending() {
                 return;
             }
         }
@@ -503,7 +533,7 @@ impl Registry {
             if entry.queue.evict() {
                 tracing::warn!(socket_id = %entry.public_id, "slow socket evicted: write timed out");
                 metrics::counter!("tether_evictions_total", "cause" => "write_timeout").increment(1);
-                ix.evicted.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+                ix.evicted.push(id);
             }
         }
         drop(ix);
