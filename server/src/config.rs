@@ -63,6 +63,8 @@ struct LimitsTable {
     registrations_per_minute: u64,
     rooms_per_minute_per_user: u64,
     rooms_per_minute_per_address: u64,
+    database_connect_timeout_secs: u64,
+    database_acquire_timeout_secs: u64,
 }
 
 /// Every resource one client can make the server hold, bounded in one place
@@ -133,6 +135,13 @@ pub struct Limits {
     /// `rooms-per-minute-per-address` (30): `POST /api/rooms` from one client
     /// address, a minute, also the burst; beyond it 429 `rate_limited`. Rule: PROTOCOL.md v2.
     pub rooms_per_minute_per_address: NonZeroU32,
+    /// `database-connect-timeout-secs` (30): how long start-up retries an
+    /// unreachable Postgres (doubling delays from 250 ms to 5 s, one warning an
+    /// attempt) before it exits 1 naming `DATABASE_URL`. Rule: issue 11.
+    pub database_connect_timeout: Duration,
+    /// `database-acquire-timeout-secs` (5): how long a request waits for a
+    /// database connection; beyond it (Postgres down) 503 `unavailable`. Rule: issue 11.
+    pub database_acquire_timeout: Duration,
 }
 
 impl LimitsTable {
@@ -173,6 +182,8 @@ impl LimitsTable {
             registrations_per_minute: rate("TETHER_REGISTRATIONS_PER_MINUTE", self.registrations_per_minute)?,
             rooms_per_minute_per_user: rate("TETHER_ROOMS_PER_MINUTE_PER_USER", self.rooms_per_minute_per_user)?,
             rooms_per_minute_per_address: rate("TETHER_ROOMS_PER_MINUTE_PER_ADDRESS", self.rooms_per_minute_per_address)?,
+            database_connect_timeout: secs("TETHER_DATABASE_CONNECT_TIMEOUT_SECS", self.database_connect_timeout_secs)?,
+            database_acquire_timeout: secs("TETHER_DATABASE_ACQUIRE_TIMEOUT_SECS", self.database_acquire_timeout_secs)?,
         })
     }
 }
@@ -181,7 +192,7 @@ impl LimitsTable {
 /// (../shared/PROTOCOL.md "Settings", and the limits above).
 pub const SETTINGS: &[(&str, &str)] = &[
     ("LEPTOS_SITE_ADDR", "address and port to listen on"),
-    ("DATABASE_URL", "sqlite://path (default: <data dir>/tether.db)"),
+    ("DATABASE_URL", "sqlite://path or postgres://user:pass@host/db (default: <data dir>/tether.db)"),
     ("TETHER_JWT_SECRET", "signing secret, at least 32 bytes; generated and stored when unset"),
     ("TETHER_TOKEN_TTL_SECS", "session and JWT lifetime, seconds"),
     ("TETHER_PUBLIC_ORIGIN", "the site's origin as browsers see it"),
@@ -208,6 +219,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("TETHER_REGISTRATIONS_PER_MINUTE", "registrations per client address a minute"),
     ("TETHER_ROOMS_PER_MINUTE_PER_USER", "room creations per user a minute"),
     ("TETHER_ROOMS_PER_MINUTE_PER_ADDRESS", "room creations per client address a minute"),
+    ("TETHER_DATABASE_CONNECT_TIMEOUT_SECS", "seconds start-up retries an unreachable Postgres"),
+    ("TETHER_DATABASE_ACQUIRE_TIMEOUT_SECS", "seconds a request waits for a database connection (then 503)"),
     ("TETHER_CONFIG", "the settings file (default Leptos.toml)"),
     ("RUST_LOG", "log filter (default info,sqlx=warn)"),
 ];

@@ -37,6 +37,10 @@ pub enum ApiError {
     /// within `request-timeout-secs` (see [`crate::config::Limits`]).
     #[error("the request did not arrive in time")]
     RequestTimeout,
+    /// 503 `unavailable`: the database cannot be reached now (PROTOCOL.md "While
+    /// the database is unreachable"); the pool reconnects by itself.
+    #[error("the database is unreachable; try again shortly")]
+    Unavailable,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -58,6 +62,7 @@ impl ApiError {
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,6 +82,7 @@ impl ApiError {
             ApiError::EmailTaken => "email_taken",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::RequestTimeout => "request_timeout",
+            ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -101,6 +107,10 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return ApiError::Unavailable;
+        }
         ApiError::Internal(Box::new(e))
     }
 }

@@ -12,12 +12,14 @@
 //! 3. Features: [`auth`], [`rooms`] (with its per-room [`rooms::Sequencer`]),
 //!    [`admin`], [`events`].
 //! 4. Transport and routers: [`ws`] (the upgrade and the per-socket task),
-//!    [`site`], [`connections`] (the accept loop), and [`app`] / [`serve`] here.
+//!    [`site`], [`connections`] (the accept loop), [`copy_db`] (the `copy-db`
+//!    subcommand), and [`app`] / [`serve`] here.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod copy_db;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -40,7 +42,6 @@ use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::get;
 use axum::{middleware, BoxError, Router};
 use leptos::config::LeptosOptions;
-use sqlx::SqlitePool;
 use tether_protocol::MAX_BODY_BYTES;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -57,7 +58,7 @@ use registry::Registry;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub db: SqlitePool,
+    pub db: db::Db,
     pub settings: Arc<Settings>,
     pub keys: Arc<Keys>,
     pub registry: Arc<Registry>,
@@ -103,8 +104,21 @@ impl AppState {
         std::fs::create_dir_all(&data_dir).map_err(data_dir_error)?;
         let probe = data_dir.join(".write-test");
         std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)).map_err(data_dir_error)?;
-        let secret = auth::token::load_or_create_secret(settings.jwt_secret.as_deref(), &data_dir).map_err(data_dir_error)?;
-        let db = db::connect(&settings.database_url).await?;
+        let timeouts = db::ConnectTimeouts {
+            connect: settings.limits.database_connect_timeout,
+            acquire: settings.limits.database_acquire_timeout,
+        };
+        let db = db::connect(&settings.database_url, timeouts).await?;
+        // TETHER_JWT_SECRET wins; else every node of one Postgres shares the
+        // first one stored there; else (SQLite) a file in the data directory.
+        let secret = match settings.jwt_secret.as_deref() {
+            Some(configured) => configured.as_bytes().to_vec(),
+            None => match db::shared_secret(&db, &auth::token::generate_secret()).await {
+                Ok(Some(shared)) => shared.into_bytes(),
+                Ok(None) => auth::token::load_or_create_secret(&data_dir).map_err(data_dir_error)?,
+                Err(e) => return Err(StartupError::Other(format!("DATABASE_URL: cannot read the shared JWT secret: {e}"))),
+            },
+        };
         // Installed before anything is counted.
         telemetry::handle();
         let decoy_hash = auth::password::decoy().await.map_err(|e| StartupError::Other(e.to_string()))?;

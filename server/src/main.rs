@@ -1,4 +1,5 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use server::config::Settings;
 use server::{AppState, StartupError};
@@ -13,6 +14,12 @@ const USAGE: &str = "\
 Tether server: serves the site, the HTTP API and /ws.
 
 Usage: server [--help | --version]
+       server copy-db --from sqlite://FILE --to postgres://URL [--secret-file PATH]
+
+copy-db copies users, sessions, rooms and messages from an SQLite file into an
+empty Postgres database (migrated first), in one transaction, with the JWT
+secret kept beside the file (or PATH), so accounts, cookies and history carry
+over. It refuses a target that holds any of them.
 
 Settings come from the [tether] and [package.metadata.leptos] tables of the
 settings file (TETHER_CONFIG, default Leptos.toml in the working directory);
@@ -33,6 +40,7 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
+        Some("copy-db") => return runtime().block_on(copy_db(std::env::args().skip(2).collect())),
         Some("-V" | "--version") => {
             println!("server {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -46,7 +54,59 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime").block_on(serve())
+    runtime().block_on(serve())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime")
+}
+
+/// `server copy-db --from ... --to ... [--secret-file ...]`: exit 0 with the
+/// counts, 1 when the copy failed (nothing written), 2 on bad arguments.
+async fn copy_db(args: Vec<String>) -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(EnvFilter::new("warn")).with_writer(std::io::stderr).init();
+    let (mut from, mut to, mut secret_file) = (None, None, None);
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        let slot = match flag.as_str() {
+            "--from" => &mut from,
+            "--to" => &mut to,
+            "--secret-file" => &mut secret_file,
+            _ => {
+                eprintln!("tether copy-db: unknown argument {flag:?}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        *slot = args.next();
+    }
+    let (Some(from), Some(to)) = (from, to) else {
+        eprintln!("tether copy-db: --from and --to are required\n\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    // A one-off command: no settings file needed; Postgres gets the start-up
+    // default of 30 s to appear.
+    let timeouts = server::db::ConnectTimeouts { connect: Duration::from_secs(30), acquire: Duration::from_secs(30) };
+    match server::copy_db::copy_db(&from, &to, secret_file.as_deref().map(std::path::Path::new), timeouts).await {
+        Ok(report) => {
+            println!(
+                "copied {} users, {} sessions, {} rooms, {} messages to {}",
+                report.users,
+                report.sessions,
+                report.rooms,
+                report.messages,
+                server::db::redact(&to)
+            );
+            match report.secret_file {
+                Some(path) => println!("JWT secret: copied from {} (cookies stay valid)", path.display()),
+                None => println!("JWT secret: none beside the SQLite file; keep TETHER_JWT_SECRET, or users log in again"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tether copy-db: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn serve() -> ExitCode {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use sqlx::SqlitePool;
+use crate::db::Db;
 
 use super::store::{self, Session};
 use crate::db::now_unix;
@@ -45,7 +45,7 @@ impl SessionCache {
 
     /// The session if it is live now, with its user as stored at most
     /// `recheck_after` ago.
-    pub async fn live(&self, db: &SqlitePool, session_id: &str) -> sqlx::Result<Option<Session>> {
+    pub async fn live(&self, db: &Db, session_id: &str) -> sqlx::Result<Option<Session>> {
         if let Some(cached) = self.read().get(session_id) {
             if cached.session.expires_at > now_unix() && cached.read_at.elapsed() < self.recheck_after {
                 return Ok(Some(cached.session.clone()));

@@ -9,7 +9,8 @@ use tether_protocol::Role;
 pub const ISSUER: &str = "tether";
 /// Clock skew tolerated on `exp`, in seconds.
 const LEEWAY_SECS: u64 = 5;
-const SECRET_FILE: &str = "jwt_secret";
+/// The generated secret's file name in the data directory (SQLite deployments).
+pub const SECRET_FILE: &str = "jwt_secret";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -50,12 +51,9 @@ impl Keys {
     }
 }
 
-/// The configured secret, or the one kept in the data directory (created
+/// The secret kept in the data directory (`jwt_secret`, created
 /// with owner-only permissions on first start).
-pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> std::io::Result<Vec<u8>> {
-    if let Some(secret) = configured {
-        return Ok(secret.as_bytes().to_vec());
-    }
+pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<Vec<u8>> {
     let path = data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {
         Ok(stored) if stored.trim().len() >= 32 => return Ok(stored.trim().as_bytes().to_vec()),
@@ -63,11 +61,16 @@ pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> std::
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
     }
-    let bytes: [u8; 32] = rand::Rng::gen(&mut rand::thread_rng());
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = generate_secret();
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
     file.write_all(secret.as_bytes())?;
     Ok(secret.into_bytes())
+}
+
+/// A fresh signing secret: 32 random bytes as 64 lowercase hex digits.
+pub fn generate_secret() -> String {
+    let bytes: [u8; 32] = rand::Rng::gen(&mut rand::thread_rng());
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Map, Value};
-use sqlx::SqlitePool;
+use crate::db::Db;
 use tether_protocol::{
     to_fields, ChatMessage, CreateRoomRequest, HistoryAck, JoinAck, RoomResponse, RoomsResponse, SendAck, Sender,
     ServerFrame, HISTORY_LEN, MAX_HISTORY_PAGE, MAX_MESSAGE_CHARS, MAX_RESUME_LEN, MAX_ROOM_NAME_CHARS,
@@ -70,7 +70,7 @@ struct Tail {
 
 impl Sequencer {
     /// Waits for the room's turn; the tail is loaded from the database on first use.
-    async fn lock(&self, db: &SqlitePool, room: &str) -> ApiResult<OwnedMutexGuard<Option<Tail>>> {
+    async fn lock(&self, db: &Db, room: &str) -> ApiResult<OwnedMutexGuard<Option<Tail>>> {
         let slot = {
             let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
             rooms.entry(room.to_string()).or_default().clone()
@@ -160,7 +160,15 @@ pub async fn send(state: &AppState, id: SocketId, room: &str, text: String) -> A
     let at = now_ms().max(tail.at);
     let at_text = format_rfc3339(at);
     let new = store::NewMessage { room, seq, from: &from, text: &text, at: &at_text };
-    let message_id = store::insert_message(&state.db, &new).await?.to_string();
+    let message_id = match store::insert_message(&state.db, &new).await {
+        Ok(id) => id.to_string(),
+        Err(e) => {
+            // A commit whose answer was lost (the connection dropped) leaves the
+            // cached tail behind the table: reload it on the next turn.
+            *turn = None;
+            return Err(e.into());
+        }
+    };
     *tail = Tail { seq, at };
     let message = ChatMessage { room: room.into(), id: message_id.clone(), seq, from, text, at: at_text };
     state.registry.emit(Audience::Room(room), &ServerFrame::Message(message));
