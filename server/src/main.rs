@@ -115,7 +115,9 @@ async fn serve() -> ExitCode {
     if std::env::var("TETHER_LOG_FORMAT").as_deref() == Ok("json") {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only for a person at a terminal, not in a file or a pipe.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
     }
     match run().await {
         Ok(()) => ExitCode::SUCCESS,

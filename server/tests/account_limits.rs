@@ -192,14 +192,18 @@ async fn a_cached_session_follows_the_database_within_the_recheck_interval() {
     assert_eq!(me().await.body["user"]["name"], "Ann", "the session is cached now");
 
     // Changed behind the server's back (another node, an operator's SQL).
-    sqlx::query("UPDATE users SET name = 'Ann Changed' WHERE id = ?").bind(ann.id()).execute(&server.state.db).await.unwrap();
+    server::with_pool!(&server.state.db, |pool| {
+        sqlx::query("UPDATE users SET name = 'Ann Changed' WHERE id = $1").bind(ann.id()).execute(pool).await.unwrap();
+    });
     let started = Instant::now();
     while me().await.body["user"]["name"] != "Ann Changed" {
         assert!(started.elapsed() < DEADLINE, "the change never showed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    sqlx::query("DELETE FROM users WHERE id = ?").bind(ann.id()).execute(&server.state.db).await.unwrap();
+    server::with_pool!(&server.state.db, |pool| {
+        sqlx::query("DELETE FROM users WHERE id = $1").bind(ann.id()).execute(pool).await.unwrap();
+    });
     let started = Instant::now();
     loop {
         let reply = me().await;

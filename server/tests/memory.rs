@@ -7,9 +7,8 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::process::ServerProcess;
 use common::raw::{http, Ending, RawClient, PING};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -23,60 +22,22 @@ const PING_FLOOD_KIB: u64 = 32;
 const UNREAD_SOCKET_KIB: u64 = 64;
 const HALF_OPEN_UPGRADE_KIB: u64 = 32;
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    _data: tempfile::TempDir,
+/// The server with room for the attacks from one address, the heartbeat out of the way.
+async fn start() -> ServerProcess {
+    ServerProcess::start(&[
+        ("RUST_LOG", "error"),
+        ("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "5000"),
+        ("TETHER_HEADER_READ_TIMEOUT_SECS", "120"),
+        ("TETHER_PING_INTERVAL_SECS", "600"),
+        ("TETHER_SOCKET_IDLE_TIMEOUT_SECS", "600"),
+    ])
+    .await
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ServerProcess {
-    async fn start() -> ServerProcess {
-        let data = tempfile::tempdir().unwrap();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_server"))
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .env("LEPTOS_SITE_ADDR", addr.to_string())
-            .env("TETHER_DATA_DIR", data.path())
-            .env("RUST_LOG", "error")
-            // Room for the attacks from one address; the heartbeat stays out of the way.
-            .env("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "5000")
-            .env("TETHER_HEADER_READ_TIMEOUT_SECS", "120")
-            .env("TETHER_PING_INTERVAL_SECS", "600")
-            .env("TETHER_SOCKET_IDLE_TIMEOUT_SECS", "600")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the server binary starts");
-        let server = ServerProcess { child, addr, _data: data };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http(addr, "GET", "/healthz", None, None).await.map(|(status, _, _)| status) != Some(200) {
-            assert!(Instant::now() < deadline, "the server answers /healthz within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    /// Registers a user; returns the session cookie.
-    async fn register(&self, email: &str) -> String {
-        let body = json!({"email": email, "name": email, "password": "correct horse"});
-        let (status, headers, _) = http(self.addr, "POST", "/api/auth/register", Some(&body), None).await.unwrap();
-        assert_eq!(status, 201);
-        let line = headers.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
-        line.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_string()
-    }
+fn rss_kib(server: &ServerProcess) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn per_connection(before: u64, after: u64, connections: u64) -> u64 {
@@ -92,11 +53,11 @@ async fn welcomed(addr: SocketAddr, cookie: Option<&str>) -> RawClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
-    let server = ServerProcess::start().await;
+    let server = start().await;
     let addr = server.addr;
     // Warm up: one of everything, so lazily built state is not counted as growth.
     drop(welcomed(addr, None).await);
-    let baseline = server.rss_kib();
+    let baseline = rss_kib(&server);
 
     // 1. Idle sockets, held open.
     const IDLE: u64 = 500;
@@ -104,7 +65,7 @@ async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
     for _ in 0..IDLE {
         idle.push(welcomed(addr, None).await);
     }
-    let with_idle = server.rss_kib();
+    let with_idle = rss_kib(&server);
     let idle_kib = per_connection(baseline, with_idle, IDLE);
     eprintln!("memory: {IDLE} idle sockets: +{} KiB, {idle_kib} KiB each", with_idle - baseline);
     assert!(idle_kib <= IDLE_SOCKET_KIB, "an idle socket holds {idle_kib} KiB");
@@ -119,7 +80,7 @@ async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
         }
         flooders.push(client);
     }
-    let flooded = server.rss_kib();
+    let flooded = rss_kib(&server);
     let flood_kib = per_connection(with_idle, flooded, FLOODERS);
     eprintln!("memory: {FLOODERS} ping floods of 1000 pings each: +{} KiB, {flood_kib} KiB each", flooded.saturating_sub(with_idle));
     assert!(flood_kib <= PING_FLOOD_KIB, "a ping flood holds {flood_kib} KiB");
@@ -148,7 +109,7 @@ async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
         }
         unread.push(client);
     }
-    let before_unread = server.rss_kib();
+    let before_unread = rss_kib(&server);
     // 4 senders x a burst of 40 messages of 8 KB: 1.25 MiB for each unread socket.
     let text = "🦀".repeat(2000);
     let mut senders = Vec::new();
@@ -168,7 +129,7 @@ async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
             acks += usize::from(frame.text().contains(r#""type":"ack""#));
         }
     }
-    let with_unread = server.rss_kib();
+    let with_unread = rss_kib(&server);
     let unread_kib = per_connection(before_unread, with_unread, UNREAD);
     eprintln!("memory: {UNREAD} unread sockets in a busy room: +{} KiB, {unread_kib} KiB each", with_unread.saturating_sub(before_unread));
     assert!(unread_kib <= UNREAD_SOCKET_KIB, "an unread socket holds {unread_kib} KiB");
@@ -177,7 +138,7 @@ async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
 
     // 4. Upgrades that never finish: half a request head, then nothing.
     const HALF_OPEN: u64 = 500;
-    let before_half_open = server.rss_kib();
+    let before_half_open = rss_kib(&server);
     let mut half_open = Vec::new();
     for _ in 0..HALF_OPEN {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -187,7 +148,7 @@ async fn what_hostile_clients_make_the_server_hold_is_bounded_per_connection() {
     // /healthz still answers while they are held.
     let (status, _, _) = http(addr, "GET", "/healthz", None, None).await.unwrap();
     assert_eq!(status, 200);
-    let with_half_open = server.rss_kib();
+    let with_half_open = rss_kib(&server);
     let half_open_kib = per_connection(before_half_open, with_half_open, HALF_OPEN);
     eprintln!("memory: {HALF_OPEN} unfinished upgrades: +{} KiB, {half_open_kib} KiB each", with_half_open.saturating_sub(before_half_open));
     assert!(half_open_kib <= HALF_OPEN_UPGRADE_KIB, "an unfinished upgrade holds {half_open_kib} KiB");

@@ -113,7 +113,9 @@ async fn bad_reused_and_expired_tickets_leave_the_binding_as_it_was() {
     assert!(other.request(json!({"type": "whoami"})).await["user"].is_null());
 
     let stale = server.ticket(&bob.cookie).await;
-    sqlx::query("UPDATE socket_tickets SET expires_at = 0").execute(&server.state.db).await.unwrap();
+    server::with_pool!(&server.state.db, |pool| {
+        sqlx::query("UPDATE socket_tickets SET expires_at = 0").execute(pool).await.unwrap();
+    });
     let expired = socket.request(json!({"type": "login", "ticket": stale})).await;
     assert_eq!(expired["error"]["code"], "invalid_ticket");
     assert_eq!(socket.request(json!({"type": "whoami"})).await["user"], ann.user, "binding unchanged");

@@ -1,7 +1,10 @@
-//! Test harness: a real server on port 0 with its own SQLite file, HTTP
-//! through `oneshot` on the same state, and real WebSocket clients.
+//! Test harness: a real server on port 0 with its own SQLite file (or, when
+//! `scripts/test` runs the suites on Postgres, its own Postgres database: see
+//! [`postgres`]), HTTP through `oneshot` on the same state, and real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod process;
 pub mod raw;
 
 use std::collections::VecDeque;
@@ -44,9 +47,15 @@ pub async fn start_with(vars: &[(&str, &str)]) -> TestServer {
     let leptos = leptos::config::LeptosOptions::builder().output_name("tether").site_addr(addr).build();
     let data_dir = data.path().to_str().unwrap().to_string();
     let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Leptos.toml")).unwrap();
+    let database = match vars.iter().any(|(k, _)| *k == "DATABASE_URL") {
+        true => None,
+        false => postgres::test_database(),
+    };
     let settings = Settings::resolve(leptos, &file, |name| {
-        if name == "TETHER_DATA_DIR" {
-            return Some(data_dir.clone());
+        match name {
+            "TETHER_DATA_DIR" => return Some(data_dir.clone()),
+            "DATABASE_URL" if database.is_some() => return database.clone(),
+            _ => {}
         }
         vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
     })
@@ -171,24 +180,34 @@ impl TestServer {
 
     /// Opens a socket with an allowed Origin; reads and returns its `welcome`.
     pub async fn socket(&self, cookie: Option<&str>) -> (Socket, Value) {
-        let mut socket = self.connect(Some(&self.origin()), cookie).await.expect("the upgrade is accepted");
-        let welcome = socket.next_frame().await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        (socket, welcome)
+        socket_to(self.addr, cookie).await
     }
 
     pub async fn connect(&self, origin: Option<&str>, cookie: Option<&str>) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("ws://{}/ws", self.addr).into_client_request().unwrap();
-        if let Some(origin) = origin {
-            request.headers_mut().insert("origin", origin.parse().unwrap());
-        }
-        if let Some(cookie) = cookie {
-            request.headers_mut().insert("cookie", cookie.parse().unwrap());
-        }
-        let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
-        let (stream, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false).await?;
-        Ok(Socket { stream, next_ref: 0, skipped: VecDeque::new() })
+        connect_to(self.addr, origin, cookie).await
     }
+}
+
+/// Opens `/ws` on the server at `addr` (in this process or another).
+pub async fn connect_to(addr: SocketAddr, origin: Option<&str>, cookie: Option<&str>) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+    }
+    if let Some(cookie) = cookie {
+        request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    }
+    let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+    let (stream, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false).await?;
+    Ok(Socket { stream, next_ref: 0, skipped: VecDeque::new() })
+}
+
+/// Opens `/ws` on the server at `addr` with its own Origin; reads and returns its `welcome`.
+pub async fn socket_to(addr: SocketAddr, cookie: Option<&str>) -> (Socket, Value) {
+    let mut socket = connect_to(addr, Some(&format!("http://{addr}")), cookie).await.expect("the upgrade is accepted");
+    let welcome = socket.next_frame().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (socket, welcome)
 }
 
 pub struct Socket {
