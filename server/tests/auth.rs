@@ -249,8 +249,16 @@ fn claims(server: &TestServer, account: &common::Account) -> serde_json::Map<Str
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
-fn secret_of(server: &TestServer) -> Vec<u8> {
-    std::fs::read(server.state.settings.data_dir.join("jwt_secret")).unwrap()
+/// The generated secret: in `server_secrets` on Postgres, in the data directory's file on SQLite.
+async fn secret_of(server: &TestServer) -> Vec<u8> {
+    match &server.state.db {
+        server::db::Db::Postgres(pool) => sqlx::query_scalar::<_, String>("SELECT value FROM server_secrets WHERE name = 'jwt'")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .into_bytes(),
+        server::db::Db::Sqlite(_) => std::fs::read(server.state.settings.data_dir.join(server::auth::token::SECRET_FILE)).unwrap(),
+    }
 }
 
 fn sign(alg: Algorithm, claims: &serde_json::Map<String, Value>, secret: &[u8]) -> String {
@@ -261,7 +269,7 @@ fn sign(alg: Algorithm, claims: &serde_json::Map<String, Value>, secret: &[u8]) 
 async fn tokens_that_must_never_authenticate() {
     let server = start().await;
     let ann = server.register("ann@x.io", "Ann").await;
-    let secret = secret_of(&server);
+    let secret = secret_of(&server).await;
     let good = claims(&server, &ann);
     // The forging itself is right: the same claims and secret do authenticate.
     assert_eq!(me(&server, &sign(Algorithm::HS256, &good, &secret)).await, StatusCode::OK);
