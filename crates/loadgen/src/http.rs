@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tether_protocol::{AuthResponse, CreateRoomRequest, RegisterRequest, RoomResponse, TicketResponse};
+use tether_protocol::{AuthResponse, CreateRoomRequest, LoginRequest, RegisterRequest, RoomResponse, TicketResponse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,8 +48,28 @@ pub async fn request(
     cookie: Option<&str>,
     json: Option<&str>,
 ) -> io::Result<Response> {
+    request_from(None, addr, method, path, cookie, json).await
+}
+
+/// [`request`] from the source address `source` (a loopback address such as
+/// 127.0.0.7), so per-address limits see many clients; `None`: the kernel's choice.
+pub async fn request_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    json: Option<&str>,
+) -> io::Result<Response> {
     let work = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = match source {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         stream.set_nodelay(true)?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n");
         if let Some(cookie) = cookie {
@@ -122,6 +142,16 @@ pub async fn register(addr: SocketAddr, email: &str, name: &str, password: &str)
     let auth: AuthResponse = reply.json()?;
     let cookie = reply.session_cookie().ok_or_else(|| bad("register: no tether_session cookie"))?;
     Ok(Account { user_id: auth.user.id, email: email.into(), cookie })
+}
+
+/// `POST /api/auth/login` from `source`; the new session's cookie.
+pub async fn login(source: Option<std::net::IpAddr>, addr: SocketAddr, email: &str, password: &str) -> io::Result<String> {
+    let body = serde_json::to_string(&LoginRequest { email: email.into(), password: password.into() })?;
+    let reply = request_from(source, addr, "POST", "/api/auth/login", None, Some(&body)).await?;
+    if reply.status != 200 {
+        return Err(io::Error::other(format!("login {email}: HTTP {} {}", reply.status, String::from_utf8_lossy(&reply.body))));
+    }
+    reply.session_cookie().ok_or_else(|| bad("login: no tether_session cookie"))
 }
 
 pub async fn create_room(addr: SocketAddr, cookie: &str, name: &str) -> io::Result<String> {

@@ -16,6 +16,7 @@ usage: loadgen <scenario> [options]
 scenarios:
   idle       --sockets N (5000) --hold SECS (30) --users U (20)
   handshake  --duration SECS (30) --concurrency C (32) --addresses A (10) --users U (200)
+  login      --duration SECS (30) --concurrency C (8) --users U (20)
   fanout     --sizes 2000,5000,10000 --rounds R (50) --gap-ms G (60) --users U (8)
   rebind     --sockets N (10000) --rebinders K (500) --cycles C (2000) --users U (200)
   soak       --sockets N (5000) --duration SECS (600) --ping-every SECS (10) --users U (200)
@@ -167,7 +168,12 @@ async fn run(args: &Args, pin: bool, gen_cpu: usize, nofile: u64) -> Result<(), 
     }
     let rows = result?;
     let mut out = String::new();
+    let backend = match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => "Postgres",
+        _ => "SQLite",
+    };
     for (scenario, n, result, yardstick, target, met) in rows {
+        let scenario = format!("{scenario} ({backend})");
         out.push_str(&format!(
             "| {scenario} | {n} | {result} | {yardstick} | {target} | {} | `{server_cmd}` | `{gen_cmd}` |\n",
             match met {
@@ -243,6 +249,25 @@ async fn scenario(args: &Args, bench: &mut Bench) -> Result<Vec<Row>, String> {
             );
             let met = Some(r.per_sec() >= 8000.0 && r.failed == 0);
             Ok(vec![("handshake".into(), format!("{} s", r.elapsed.as_secs()), result, "1,063/s".into(), "≥ 8,000/s".into(), met)])
+        }
+        "login" => {
+            let concurrency = args.count("concurrency", 8)?;
+            let r = scenarios::login(bench, users(20)?, args.secs("duration", 30.0)?, concurrency).await?;
+            if !r.errors.is_empty() {
+                eprintln!("login: errors: {:?}", r.errors);
+            }
+            let result = format!(
+                "**{:.0} logins/s** ({} in {:.1} s, {} failed); latency p50 {:.2} ms, p99 {:.2} ms; server CPU {} µs/login; {} in flight",
+                r.per_sec(),
+                r.ok,
+                r.elapsed.as_secs_f64(),
+                r.failed,
+                ms(percentile(&r.lat_us, 50.0)),
+                ms(percentile(&r.lat_us, 99.0)),
+                r.server_cpu_ns.map(|c| format!("{:.0}", c as f64 / 1000.0 / r.ok.max(1) as f64)).unwrap_or("?".into()),
+                r.concurrency
+            );
+            Ok(vec![("login".into(), format!("{} s", r.elapsed.as_secs()), result, "-".into(), "-".into(), None)])
         }
         "fanout" => {
             let sizes: Vec<usize> = args

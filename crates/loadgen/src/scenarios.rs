@@ -378,6 +378,80 @@ pub async fn handshake(bench: &mut Bench, users: usize, duration: Duration, conc
     }
 }
 
+// ---------------------------------------------------------------- login
+
+#[derive(Debug, Clone)]
+pub struct LoginReport {
+    pub ok: usize,
+    pub failed: usize,
+    pub errors: Vec<String>,
+    /// Request sent → answer read, per successful login, µs, sorted.
+    pub lat_us: Vec<u64>,
+    pub elapsed: Duration,
+    pub server_cpu_ns: Option<u64>,
+    pub concurrency: usize,
+}
+
+impl LoginReport {
+    pub fn per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Loopback source addresses the login scenario spreads its requests over:
+/// the contract allows 60 attempts a minute from one address, and one core
+/// verifies more than that many argon2 hashes a second.
+const LOGIN_SOURCES: usize = 250;
+
+/// `concurrency` clients log `users` registered users in (`POST /api/auth/login`,
+/// right password) over and over for `duration`, each request from the next of
+/// [`LOGIN_SOURCES`] loopback addresses. Each login verifies an argon2 hash and
+/// writes a session row: the figure is the database's and argon2's together.
+pub async fn login(bench: &mut Bench, users: usize, duration: Duration, concurrency: usize) -> Result<LoginReport, String> {
+    let accounts = Arc::new(bench.register_users(users.max(1)).await?);
+    let addr = bench.endpoint.addr;
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu0 = bench.server_cpu_ns();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (accounts, next) = (accounts.clone(), next.clone());
+            tokio::spawn(async move {
+                let (mut lat_us, mut errors, mut failed) = (Vec::new(), Vec::new(), 0usize);
+                while Instant::now() < deadline {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let source = std::net::Ipv4Addr::new(127, 0, 0, (2 + n % LOGIN_SOURCES) as u8);
+                    let account = &accounts[n % accounts.len()];
+                    let t = Instant::now();
+                    match http::login(Some(source.into()), addr, &account.email, PASSWORD).await {
+                        Ok(_) => lat_us.push(t.elapsed().as_micros() as u64),
+                        Err(e) => {
+                            failed += 1;
+                            if errors.len() < 5 {
+                                errors.push(e.to_string());
+                            }
+                        }
+                    }
+                }
+                (lat_us, errors, failed)
+            })
+        })
+        .collect();
+    let mut report = LoginReport { ok: 0, failed: 0, errors: Vec::new(), lat_us: Vec::new(), elapsed: Duration::ZERO, server_cpu_ns: None, concurrency };
+    for worker in workers {
+        let (lat_us, errors, failed) = worker.await.map_err(|e| format!("login worker: {e}"))?;
+        report.lat_us.extend(lat_us);
+        report.errors.extend(errors.into_iter().take(5usize.saturating_sub(report.errors.len())));
+        report.failed += failed;
+    }
+    report.elapsed = started.elapsed();
+    report.server_cpu_ns = cpu0.zip(bench.server_cpu_ns()).map(|(a, b)| b - a);
+    report.ok = report.lat_us.len();
+    report.lat_us.sort_unstable();
+    Ok(report)
+}
+
 // ---------------------------------------------------------------- fanout
 
 #[derive(Debug, Clone)]

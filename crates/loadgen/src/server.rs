@@ -60,8 +60,13 @@ impl ServerProcess {
             .stderr(log_file);
         let child = command.spawn()?;
         let shown_bin = bin.strip_prefix(root).unwrap_or(bin).display().to_string();
+        // DATABASE_URL is inherited: scripts/bench sets it for a throw-away Postgres.
+        let database = match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => "DATABASE_URL=<throw-away Postgres (scripts/pg)> ",
+            _ => "",
+        };
         let line = format!(
-            "TETHER_DATA_DIR=<fresh tmp dir> LEPTOS_SITE_ADDR={addr} RUST_LOG=warn TETHER_MAX_CONNECTIONS=1000000 \
+            "{database}TETHER_DATA_DIR=<fresh tmp dir> LEPTOS_SITE_ADDR={addr} RUST_LOG=warn TETHER_MAX_CONNECTIONS=1000000 \
              TETHER_MAX_CONNECTIONS_PER_ADDRESS=1000000 TETHER_REGISTRATIONS_PER_MINUTE=1000000 {}{shown_bin}",
             cpu.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
         );
