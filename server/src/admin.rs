@@ -19,7 +19,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn live_sockets(State(state): State<AppState>, _admin: AdminSession) -> Json<LiveSocketsResponse> {
-    Json(LiveSocketsResponse { sockets: state.registry.snapshot() })
+    Json(LiveSocketsResponse { sockets: state.bus.sockets().await })
 }
 
 /// A forced logout everywhere: every session revoked, every live socket unbound.
@@ -32,7 +32,7 @@ async fn revoke_sessions(
     let sessions = store::revoke_user_sessions(&state.db, &user_id).await?;
     state.sessions.forget_user(&user_id);
     for (session_id, expires_at) in &sessions {
-        state.registry.revoke_session(session_id, *expires_at, UnbindReason::Revoked);
+        crate::auth::revoke_everywhere(&state, session_id, *expires_at, UnbindReason::Revoked).await;
     }
     tracing::info!(admin_id = %admin.user.id, %user_id, sessions = sessions.len(), "sessions revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tether_protocol::{topic, Role, Room, ServerFrame, User};
 
-use crate::registry::{Audience, Registry};
+use crate::bus::{Bus, Delivery, Target};
 
 pub enum ModelEvent {
     RoomCreated(Room),
@@ -20,10 +20,10 @@ impl ModelEvent {
         }
     }
 
-    fn audience(&self) -> Audience<'static> {
+    fn target(&self) -> Target {
         match self {
-            ModelEvent::RoomCreated(_) => Audience::All,
-            ModelEvent::UserRegistered(_) => Audience::Role(Role::Admin),
+            ModelEvent::RoomCreated(_) => Target::All,
+            ModelEvent::UserRegistered(_) => Target::Role(Role::Admin),
         }
     }
 
@@ -35,6 +35,14 @@ impl ModelEvent {
     }
 }
 
-pub fn publish(registry: &Registry, event: ModelEvent) -> usize {
-    registry.emit(event.audience(), &ServerFrame::Event { topic: event.topic().into(), data: event.data() })
+/// Sends the event to its audience on every node. The model change is
+/// already stored: a bus that cannot reach the other nodes is logged, not an error.
+pub async fn publish(bus: &std::sync::Arc<dyn Bus>, event: ModelEvent) {
+    let delivery = Delivery::Emit {
+        target: event.target(),
+        frame: ServerFrame::Event { topic: event.topic().into(), data: event.data() },
+    };
+    if let Err(e) = bus.publish(delivery).await {
+        tracing::warn!(error = %e, topic = event.topic(), "event not sent to the other nodes");
+    }
 }

@@ -9,14 +9,18 @@
 //!    and rooms' presence. It knows nothing of HTTP, accounts or storage; its
 //!    audiences are plain data ([`registry::Audience`]). Every frame a socket
 //!    receives and every change of who it belongs to passes through it.
-//! 3. Features: [`auth`], [`rooms`] (with its per-room [`rooms::Sequencer`]),
-//!    [`admin`], [`events`].
-//! 4. Transport and routers: [`ws`] (the upgrade and the per-socket task),
+//! 3. [`bus`]: the seam to the other nodes. Everything that changes what a
+//!    socket receives or who it belongs to passes through a [`bus::Bus`]:
+//!    [`bus::local::LocalBus`] on one node (SQLite), [`bus::postgres::PgBus`]
+//!    on a shared Postgres (LISTEN/NOTIFY). Deliveries are plain data.
+//! 4. Features: [`auth`], [`rooms`], [`admin`], [`events`].
+//! 5. Transport and routers: [`ws`] (the upgrade and the per-socket task),
 //!    [`site`], [`connections`] (the accept loop), [`copy_db`] (the `copy-db`
 //!    subcommand), and [`app`] / [`serve`] here.
 
 pub mod admin;
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod connections;
 pub mod copy_db;
@@ -63,8 +67,8 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub registry: Arc<Registry>,
     pub socket_timeouts: ws::SocketTimeouts,
-    /// Orders each room's messages and joins (see [`rooms::Sequencer`]).
-    pub sequencer: Arc<rooms::Sequencer>,
+    /// Everything that changes what sockets receive, on this node and the others.
+    pub bus: Arc<dyn bus::Bus>,
     pub throttle: Arc<LoginThrottle>,
     pub sessions: Arc<SessionCache>,
     /// Registration and room creation rates.
@@ -122,14 +126,32 @@ impl AppState {
         // Installed before anything is counted.
         telemetry::handle();
         let decoy_hash = auth::password::decoy().await.map_err(|e| StartupError::Other(e.to_string()))?;
+        let registry = Arc::new(Registry::new(settings.allow_guests, settings.limits.socket_queue_frames));
+        let sessions = Arc::new(SessionCache::new(settings.limits.session_recheck));
+        let on_invalidate: bus::InvalidationHook = {
+            let sessions = sessions.clone();
+            Arc::new(move |stale: &bus::Invalidation| match stale {
+                bus::Invalidation::Session(id) => sessions.forget(id),
+                bus::Invalidation::User(id) => sessions.forget_user(id),
+                bus::Invalidation::All => sessions.forget_all(),
+            })
+        };
+        let bus: Arc<dyn bus::Bus> = match &db {
+            db::Db::Sqlite(_) => Arc::new(bus::local::LocalBus::new(db.clone(), registry.clone(), on_invalidate)),
+            db::Db::Postgres(pool) => Arc::new(
+                bus::postgres::PgBus::start(pool.clone(), registry.clone(), on_invalidate)
+                    .await
+                    .map_err(|e| StartupError::Other(format!("DATABASE_URL: cannot join the cluster: {e}")))?,
+            ),
+        };
         Ok(AppState {
             db,
             keys: Arc::new(Keys::new(&secret)),
-            registry: Arc::new(Registry::new(settings.allow_guests, settings.limits.socket_queue_frames)),
-            sequencer: Arc::default(),
+            registry,
+            bus,
             socket_timeouts: ws::SocketTimeouts::from_limits(&settings.limits),
             throttle: Arc::default(),
-            sessions: Arc::new(SessionCache::new(settings.limits.session_recheck)),
+            sessions,
             rate_limits: Arc::new(RateLimits::new(&settings.limits)),
             connections: Arc::new(ConnectionLimits::new(&settings)),
             decoy_hash: decoy_hash.into(),
@@ -172,8 +194,11 @@ pub async fn serve(listener: TcpListener, state: AppState) -> std::io::Result<()
         telemetry::serve(addr).await?;
     }
     let registry = state.registry.clone();
+    let bus = state.bus.clone();
     let close_sockets = async move {
         tracing::info!("shutting down");
+        // Out of the cluster first: the other nodes stop counting this one's sockets.
+        bus.shutdown().await;
         registry.close_all();
         // Give the sockets a moment to write their close frames.
         for _ in 0..40 {

@@ -127,6 +127,8 @@ struct Entry {
     queue: Arc<Queue<Outbound>>,
     binding: Binding,
     rooms: BTreeSet<Arc<str>>,
+    /// Rooms subscribed to whose join is not complete yet (see [`Registry::subscribe`]).
+    joining: BTreeSet<Arc<str>>,
     connected_at: String,
 }
 
@@ -154,6 +156,12 @@ enum Added {
 struct RoomState {
     sockets: BTreeSet<SocketId>,
     members: BTreeMap<String, Present>,
+    /// Per joined socket, the newest `seq` it already has (from its join's
+    /// history): a message at or below it is not sent again.
+    floors: HashMap<SocketId, i64>,
+    /// Sockets between [`Registry::subscribe`] and [`Registry::join`]: the
+    /// room's messages meanwhile, by `seq`, held until the join's history is known.
+    joining: Mutex<HashMap<SocketId, Vec<(i64, Utf8Bytes)>>>,
 }
 
 impl RoomState {
@@ -186,6 +194,10 @@ impl RoomState {
 
     fn members(&self) -> Vec<Member> {
         self.members.values().map(|p| p.member.clone()).collect()
+    }
+
+    fn is_unused(&mut self) -> bool {
+        self.sockets.is_empty() && self.joining.get_mut().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 }
 
@@ -341,8 +353,9 @@ impl Indexes {
     fn remove_from_room(&mut self, id: SocketId, room: &str, member: &Member) {
         let Some(state) = self.rooms.get_mut(room) else { return };
         state.sockets.remove(&id);
+        state.floors.remove(&id);
         let left = state.remove(&member.key);
-        if state.sockets.is_empty() {
+        if state.is_unused() {
             self.rooms.remove(room);
         } else if let Some(left) = left {
             self.send_diff(room, Vec::new(), vec![left], None);
@@ -388,6 +401,9 @@ impl Indexes {
         for room in &entry.rooms {
             self.remove_from_room(id, room, &member);
         }
+        for room in &entry.joining {
+            self.stop_joining(id, room);
+        }
         Some(entry)
     }
 
@@ -409,6 +425,15 @@ impl Indexes {
         self.send(id, Outbound::Deadline(None));
         if !allow_guests {
             self.send(id, Outbound::Close(close_code::NOT_AUTHENTICATED, "not_authenticated"));
+        }
+    }
+
+    /// Forgets a socket's unfinished join of a room (and what it held).
+    fn stop_joining(&mut self, id: SocketId, room: &str) {
+        let Some(state) = self.rooms.get_mut(room) else { return };
+        state.joining.get_mut().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if state.is_unused() {
+            self.rooms.remove(room);
         }
     }
 
@@ -506,6 +531,7 @@ impl Registry {
                 queue: queue.clone(),
                 binding,
                 rooms: BTreeSet::new(),
+                joining: BTreeSet::new(),
                 connected_at: now_rfc3339(),
             },
         );
@@ -643,13 +669,75 @@ impl Registry {
         ids.len()
     }
 
+    /// The first half of a join: from now on the room's messages
+    /// ([`Registry::emit_message`]) are held for this socket until
+    /// [`Registry::join`] says which ones its history already has. So a join
+    /// that reads history meanwhile misses nothing and repeats nothing,
+    /// whichever node stored the messages. Returns false for an unknown socket.
+    pub fn subscribe(&self, id: SocketId, room: &str) -> bool {
+        let mut ix = self.write();
+        let room: Arc<str> = room.into();
+        let Some(entry) = ix.sockets.get_mut(&id) else { return false };
+        if entry.rooms.contains(&room) || !entry.joining.insert(room.clone()) {
+            return true;
+        }
+        let state = ix.rooms.entry(room).or_default();
+        state.joining.get_mut().unwrap_or_else(|p| p.into_inner()).insert(id, Vec::new());
+        true
+    }
+
+    /// Gives up a [`Registry::subscribe`] whose join failed.
+    pub fn unsubscribe(&self, id: SocketId, room: &str) {
+        let mut ix = self.write();
+        let Some(entry) = ix.sockets.get_mut(&id) else { return };
+        if entry.joining.remove(room) {
+            ix.stop_joining(id, room);
+        }
+    }
+
+    /// Sends a room's message (numbered `seq`) to its sockets; a socket
+    /// still joining holds it, one whose history had it skips it.
+    pub fn emit_message(&self, room: &str, seq: i64, frame: &ServerFrame) -> usize {
+        let ix = self.read();
+        let Some(state) = ix.rooms.get(room) else { return 0 };
+        let bytes = text(frame);
+        let mut sent = 0;
+        for id in &state.sockets {
+            if state.floors.get(id).is_none_or(|floor| seq > *floor) {
+                ix.send_text(*id, &bytes);
+                sent += 1;
+            }
+        }
+        {
+            let mut joining = state.joining.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, held) in joining.iter_mut() {
+                // As bounded as the socket's queue: a join that stalls this long is evicted.
+                if held.len() >= self.queue_frames {
+                    if ix.sockets.get(id).is_some_and(|e| e.queue.evict()) {
+                        tracing::warn!(socket_id = %ix.sockets[id].public_id, "slow socket evicted: its join held too many messages");
+                        ix.evicted.push(*id);
+                    }
+                    continue;
+                }
+                held.push((seq, bytes.clone()));
+            }
+        }
+        count_out(frame.kind(), sent);
+        drop(ix);
+        self.settle(false);
+        sent
+    }
+
     /// Adds a socket to a room. With the lock held: `ack` (given the room's
     /// member list) to the socket, then `presence` to it and `presence_diff`
-    /// to the room's other sockets when the member list changed.
-    pub fn join(&self, id: SocketId, room: &str, ack: impl FnOnce(&[Member]) -> Option<ServerFrame>) {
+    /// to the room's other sockets when the member list changed, then the
+    /// messages held since [`Registry::subscribe`] that are newer than
+    /// `floor` (the newest `seq` the ack's history gave the socket).
+    pub fn join(&self, id: SocketId, room: &str, floor: i64, ack: impl FnOnce(&[Member]) -> Option<ServerFrame>) {
         let mut ix = self.write();
         let room: Arc<str> = room.into();
         let Some(entry) = ix.sockets.get_mut(&id) else { return };
+        entry.joining.remove(&room);
         let newly_in = entry.rooms.insert(room.clone());
         let member = entry.member();
         let state = ix.rooms.entry(room.clone()).or_default();
@@ -662,12 +750,22 @@ impl Registry {
                 Added::Replaced(old) => diff = (vec![member], vec![old]),
             }
         }
+        let held = state.joining.get_mut().unwrap_or_else(|p| p.into_inner()).remove(&id).unwrap_or_default();
+        let floor = state.floors.get(&id).copied().unwrap_or(i64::MIN).max(floor);
+        let newest = held.last().map_or(floor, |(seq, _)| floor.max(*seq));
+        state.floors.insert(id, newest);
         let members = state.members();
         if let Some(ack) = ack(&members) {
             ix.send_frame(id, &ack);
         }
         ix.send_frame(id, &ServerFrame::Presence { room: room.to_string(), members });
         ix.send_diff(&room, diff.0, diff.1, Some(id));
+        let mut sent = 0;
+        for (_, bytes) in held.iter().filter(|(seq, _)| *seq > floor) {
+            ix.send_text(id, bytes);
+            sent += 1;
+        }
+        count_out("message", sent);
         drop(ix);
         self.settle(newly_in);
     }
@@ -677,6 +775,9 @@ impl Registry {
         let mut ix = self.write();
         if let Some(ack) = ack {
             ix.send_frame(id, &ack);
+        }
+        if ix.sockets.get_mut(&id).is_some_and(|e| e.joining.remove(room)) {
+            ix.stop_joining(id, room);
         }
         let left = ix.sockets.get_mut(&id).and_then(|e| e.rooms.take(room).map(|room| (room, e.member())));
         if let Some((room, member)) = &left {

@@ -11,47 +11,13 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::postgres::{database_url, test_database, Cluster};
-use common::process::{assert_one_line_failure, cookie_of, free_addr, server_command, ServerProcess};
-use common::raw::http;
-use common::{socket_to, Socket, PASSWORD};
-use serde_json::{json, Value};
+use common::postgres::{database_url, fresh_database, Cluster};
+use common::process::{assert_one_line_failure, cookie_of, create_room, free_addr, get, post, send, server_command, ServerProcess};
+use common::{socket_to, PASSWORD};
+use serde_json::json;
 
 /// How long a test waits for the server to come back after Postgres did.
 const RECOVERY_PATIENCE: Duration = Duration::from_secs(30);
-
-/// A fresh database: on the suites' cluster when there is one, else on a
-/// cluster of this test's own (kept alive by the returned guard).
-fn fresh_database() -> (Option<Cluster>, String) {
-    match test_database() {
-        Some(url) => (None, url),
-        None => {
-            let cluster = Cluster::start();
-            let url = cluster.database();
-            (Some(cluster), url)
-        }
-    }
-}
-
-async fn get(server: &ServerProcess, path: &str, cookie: Option<&str>) -> (u16, Value) {
-    let (status, _, body) = http(server.addr, "GET", path, None, cookie).await.expect("an answer");
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-async fn post(server: &ServerProcess, path: &str, body: Value, cookie: Option<&str>) -> (u16, String, Value) {
-    let (status, head, body) = http(server.addr, "POST", path, Some(&body), cookie).await.expect("an answer");
-    (status, head, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-async fn create_room(server: &ServerProcess, cookie: &str, name: &str) -> String {
-    let (status, _, body) = post(server, "/api/rooms", json!({"name": name}), Some(cookie)).await;
-    assert_eq!(status, 201, "{body}");
-    body["room"]["code"].as_str().unwrap().to_string()
-}
-
-async fn send(socket: &mut Socket, room: &str, text: &str) -> Value {
-    socket.request(json!({"type": "send", "room": room, "text": text})).await
-}
 
 /// Whether a data directory holds a generated secret file.
 fn has_secret_file(server: &ServerProcess) -> bool {

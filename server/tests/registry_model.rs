@@ -166,7 +166,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::Join(k, r) => {
                 if let Some(id) = model.nth(*k) {
-                    registry.join(id, ROOMS[*r], |_| None);
+                    registry.join(id, ROOMS[*r], 0, |_| None);
                     model.sockets.get_mut(&id).unwrap().rooms.insert(*r);
                 }
             }

@@ -25,6 +25,7 @@ use crate::db::now_unix;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{publish, ModelEvent};
 use crate::extract::{ApiJson, ClientIp};
+use crate::bus::Delivery;
 use crate::AppState;
 use store::Session;
 use validate::{valid_email, valid_name, MAX_NAME_CHARS};
@@ -152,7 +153,7 @@ pub async fn register(
         store::Inserted::EmailTaken => return Err(ApiError::EmailTaken),
     };
     tracing::info!(user_id = %user.id, "user registered");
-    publish(&state.registry, ModelEvent::UserRegistered(user.clone()));
+    publish(&state.bus, ModelEvent::UserRegistered(user.clone())).await;
     let (jar, body) = start_session(&state, jar, user).await?;
     Ok((StatusCode::CREATED, jar, Json(body)))
 }
@@ -192,7 +193,7 @@ async fn logout(State(state): State<AppState>, caller: CallerSockets, jar: Cooki
     if let Some(session) = caller.session() {
         store::revoke_session(&state.db, &session.id).await?;
         state.sessions.forget(&session.id);
-        caller.unbind(UnbindReason::Logout);
+        caller.unbind(UnbindReason::Logout).await;
         tracing::info!(user_id = %session.user.id, "session logged out");
     }
     let expired = session_cookie(&state, String::new(), 0).into_owned();
@@ -219,10 +220,11 @@ impl CallerSockets {
         self.session.as_ref()
     }
 
-    /// Ends the caller's session on its sockets: each gets `unbound` with `reason`.
-    pub fn unbind(&self, reason: UnbindReason) {
+    /// Ends the caller's session on its sockets, on every node: each gets
+    /// `unbound` with `reason`.
+    pub async fn unbind(&self, reason: UnbindReason) {
         if let Some(session) = &self.session {
-            self.state.registry.revoke_session(&session.id, session.expires_at, reason);
+            revoke_everywhere(&self.state, &session.id, session.expires_at, reason).await;
         }
     }
 }
@@ -236,3 +238,14 @@ impl FromRequestParts<AppState> for CallerSockets {
     }
 }
 
+
+/// A session was revoked in the database: every node stops trusting it and
+/// unbinds its sockets. The revocation is stored already, so a bus that
+/// cannot reach the other nodes is logged (they reread sessions within
+/// `session-recheck-secs`), not an error.
+pub async fn revoke_everywhere(state: &AppState, session_id: &str, expires_at: i64, reason: UnbindReason) {
+    let delivery = Delivery::RevokeSession { session_id: session_id.into(), expires_at, reason };
+    if let Err(e) = state.bus.publish(delivery).await {
+        tracing::warn!(error = %e, "session revocation not sent to the other nodes");
+    }
+}

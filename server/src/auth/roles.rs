@@ -3,6 +3,7 @@
 use tether_protocol::{Role, User};
 
 use super::store;
+use crate::bus::Delivery;
 use crate::error::ApiResult;
 use crate::AppState;
 
@@ -19,7 +20,9 @@ pub async fn set_role(state: &AppState, user_id: &str, role: Role) -> ApiResult<
     };
     // Cached sessions hold the old user; the next request reads the new one.
     state.sessions.forget_user(&user.id);
-    let sockets = state.registry.update_user(&user);
-    tracing::info!(user_id = %user.id, role = user.role.as_str(), sockets, "role stored");
+    if let Err(e) = state.bus.publish(Delivery::UpdateUser { user: user.clone() }).await {
+        tracing::warn!(error = %e, "role change not sent to the other nodes");
+    }
+    tracing::info!(user_id = %user.id, role = user.role.as_str(), "role stored");
     Ok(Some(user))
 }

@@ -89,6 +89,13 @@ impl SessionCache {
         sessions.retain(|_, c| c.session.user.id != user_id);
     }
 
+    /// Changes may have been missed (another node's): nothing cached is trusted.
+    pub fn forget_all(&self) {
+        let mut sessions = self.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        sessions.clear();
+    }
+
     /// Entries held now.
     pub fn len(&self) -> usize {
         self.read().len()

@@ -56,14 +56,18 @@ pub async fn find(db: &Db, code: &str) -> sqlx::Result<Option<Room>> {
     })
 }
 
+/// Stores a message: binds room, seq, sender id, sender name, text, at; answers its id.
+pub const INSERT_MESSAGE_SQL: &str = "INSERT INTO messages (room_code, seq, sender_id, sender_name, text, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+
+/// A room's newest message (binds the room): its `seq` and `created_at`.
+pub const TAIL_SQL: &str = "SELECT seq, created_at FROM messages WHERE room_code = $1 ORDER BY seq DESC LIMIT 1";
+
 /// Stores a message at its place in the room (`seq`), stamped `at`; returns its id.
-/// The caller (the room's [`super::Sequencer`]) chose `seq` and `at`.
+/// The caller (the bus, in the room's turn) chose `seq` and `at`.
 pub async fn insert_message(db: &Db, message: &NewMessage<'_>) -> sqlx::Result<i64> {
     with_pool!(db, |pool| {
-        sqlx::query_scalar(
-            "INSERT INTO messages (room_code, seq, sender_id, sender_name, text, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
+        sqlx::query_scalar(INSERT_MESSAGE_SQL)
         .bind(message.room)
         .bind(message.seq)
         .bind(&message.from.id)
@@ -88,7 +92,7 @@ pub struct NewMessage<'a> {
 pub async fn tail(db: &Db, room: &str) -> sqlx::Result<(i64, Option<String>)> {
     with_pool!(db, |pool| {
         let row: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, created_at FROM messages WHERE room_code = $1 ORDER BY seq DESC LIMIT 1")
+            sqlx::query_as(TAIL_SQL)
                 .bind(room)
                 .fetch_optional(pool)
                 .await?;

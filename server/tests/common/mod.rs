@@ -254,6 +254,11 @@ impl Socket {
         self.next_matching(|frame| frame["type"] == kind).await
     }
 
+    /// The next `event` frame of `topic`; other frames stay for later reads.
+    pub async fn next_event(&mut self, topic: &str) -> Value {
+        self.next_matching(|frame| frame["type"] == "event" && frame["topic"] == topic).await
+    }
+
     async fn next_matching(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
         if let Some(at) = self.skipped.iter().position(&wanted) {
             return self.skipped.remove(at).unwrap();

@@ -94,3 +94,17 @@ fn pg(dir: &Path, command: &str) -> String {
     );
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
+
+/// A fresh database: on the suites' cluster when there is one, else on a
+/// cluster of this test's own (kept alive by the returned guard).
+pub fn fresh_database() -> (Option<Cluster>, String) {
+    match test_database() {
+        Some(url) => (None, url),
+        None => {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            (Some(cluster), url)
+        }
+    }
+}
+

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::postgres::test_database;
 use super::raw::http;
-use super::PASSWORD;
+use super::{Socket, PASSWORD};
 
 /// How long a server process may take to answer `/healthz`.
 const START_PATIENCE: Duration = Duration::from_secs(60);
@@ -29,6 +29,7 @@ impl Drop for ServerProcess {
 
 /// The server binary with the settings every test gives it: the repository's
 /// `Leptos.toml`, `addr`, `data_dir`, warnings only; more through `env`.
+/// Its log is dropped unless `TETHER_TEST_LOGS` is set (then it is the test's output).
 pub fn server_command(addr: &str, data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
     command
@@ -38,7 +39,7 @@ pub fn server_command(addr: &str, data_dir: &std::path::Path) -> Command {
         .env("RUST_LOG", "warn")
         .env_remove("DATABASE_URL")
         .env_remove("TETHER_JWT_SECRET")
-        .stdout(Stdio::null())
+        .stdout(if std::env::var_os("TETHER_TEST_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() })
         .stderr(Stdio::piped());
     command
 }
@@ -115,3 +116,24 @@ pub fn assert_one_line_failure(output: &std::process::Output, expected: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(stderr.trim().lines().filter(|l| l.starts_with("tether:")).count(), 1, "{stderr}");
 }
+
+pub async fn get(server: &ServerProcess, path: &str, cookie: Option<&str>) -> (u16, Value) {
+    let (status, _, body) = http(server.addr, "GET", path, None, cookie).await.expect("an answer");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+pub async fn post(server: &ServerProcess, path: &str, body: Value, cookie: Option<&str>) -> (u16, String, Value) {
+    let (status, head, body) = http(server.addr, "POST", path, Some(&body), cookie).await.expect("an answer");
+    (status, head, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+pub async fn create_room(server: &ServerProcess, cookie: &str, name: &str) -> String {
+    let (status, _, body) = post(server, "/api/rooms", json!({"name": name}), Some(cookie)).await;
+    assert_eq!(status, 201, "{body}");
+    body["room"]["code"].as_str().unwrap().to_string()
+}
+
+pub async fn send(socket: &mut Socket, room: &str, text: &str) -> Value {
+    socket.request(json!({"type": "send", "room": room, "text": text})).await
+}
+

@@ -1,0 +1,274 @@
+//! Several nodes on one Postgres behave as one server (issue 12): real server
+//! processes sharing one database, clients on different nodes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::postgres::{fresh_database, Cluster};
+use common::process::{create_room, get, post, send, ServerProcess};
+use common::raw::http;
+use common::{socket_to, Socket, PASSWORD};
+use serde_json::{json, Value};
+
+/// A dead node leaves the admin view within this (PROTOCOL.md: 30 s).
+const DEAD_NODE_PATIENCE: Duration = Duration::from_secs(30);
+
+struct Nodes {
+    _cluster: Option<Cluster>,
+    nodes: Vec<ServerProcess>,
+}
+
+/// `n` nodes on one fresh database; `vars` for every node.
+async fn nodes(n: usize, vars: &[(&str, &str)]) -> Nodes {
+    let (cluster, url) = fresh_database();
+    let mut all = Vec::new();
+    for _ in 0..n {
+        let mut with = vec![("DATABASE_URL", url.as_str())];
+        with.extend_from_slice(vars);
+        all.push(ServerProcess::start(&with).await);
+    }
+    Nodes { _cluster: cluster, nodes: all }
+}
+
+impl std::ops::Index<usize> for Nodes {
+    type Output = ServerProcess;
+    fn index(&self, i: usize) -> &ServerProcess {
+        &self.nodes[i]
+    }
+}
+
+async fn login(node: &ServerProcess, email: &str) -> String {
+    let (status, head, body) = post(node, "/api/auth/login", json!({"email": email, "password": PASSWORD}), None).await;
+    assert_eq!(status, 200, "{body}");
+    common::process::cookie_of(&head)
+}
+
+async fn joined(node: &ServerProcess, cookie: &str, room: &str) -> Socket {
+    let (mut socket, _) = socket_to(node.addr, Some(cookie)).await;
+    let ack = socket.request(json!({"type": "join", "room": room})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    socket
+}
+
+/// The `seq`s of the next `n` messages a socket receives.
+async fn messages(socket: &mut Socket, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.push(socket.next_of("message").await);
+    }
+    got
+}
+
+#[tokio::test]
+async fn room_messages_reach_every_node_once_in_one_order_the_order_of_history() {
+    let cluster = nodes(3, &[]).await;
+    let ann = cluster[0].register("ann@x.io").await;
+    let bob = cluster[1].register("bob@x.io").await;
+    let cat = cluster[2].register("cat@x.io").await;
+    let room = create_room(&cluster[0], &ann, "general").await;
+    let mut sockets = vec![joined(&cluster[0], &ann, &room).await, joined(&cluster[1], &bob, &room).await];
+    let mut watcher = joined(&cluster[2], &cat, &room).await;
+
+    // Two nodes send at once: every socket sees one interleaving.
+    const EACH: usize = 30;
+    let (mut a, mut b) = (sockets.remove(0), sockets.remove(0));
+    async fn sends(mut socket: Socket, room: &str, who: &str) -> Socket {
+        for i in 0..EACH {
+            let ack = send(&mut socket, room, &format!("{who} {i}")).await;
+            assert_eq!(ack["ok"], true, "{ack}");
+        }
+        socket
+    }
+    let (sa, sb) = tokio::join!(sends(a, &room, "ann"), sends(b, &room, "bob"));
+    (a, b) = (sa, sb);
+    let seen: Vec<Vec<Value>> =
+        vec![messages(&mut a, 2 * EACH).await, messages(&mut b, 2 * EACH).await, messages(&mut watcher, 2 * EACH).await];
+    let seqs: Vec<i64> = seen[0].iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=(2 * EACH) as i64).collect::<Vec<_>>(), "1, 2, 3... with no gap");
+    let ids = |list: &Vec<Value>| list.iter().map(|m| m["id"].as_str().unwrap().parse::<i64>().unwrap()).collect::<Vec<_>>();
+    assert!(ids(&seen[0]).windows(2).all(|w| w[0] < w[1]), "ids grow along seq");
+    assert_eq!(seen[0], seen[1], "node A and node B saw one order");
+    assert_eq!(seen[0], seen[2], "node C saw it too");
+    // Nothing twice: the next message anyone sees is the next one sent.
+    send(&mut a, &room, "last").await;
+    let mut live = seen[0].clone();
+    for socket in [&mut a, &mut b, &mut watcher] {
+        let next = socket.next_of("message").await;
+        assert_eq!((next["seq"].clone(), next["text"].clone()), (json!(2 * EACH + 1), json!("last")));
+        live.push(next);
+    }
+    live.truncate(2 * EACH + 1);
+    for frame in &mut live {
+        frame.as_object_mut().unwrap().remove("type");
+    }
+
+    // History, from any node, is the same order.
+    let (mut fresh, _) = socket_to(cluster[1].addr, Some(&cat)).await;
+    let ack = fresh.request(json!({"type": "join", "room": room})).await;
+    let history = ack["history"].as_array().unwrap();
+    assert_eq!(history[..], live[live.len() - history.len()..], "history is the live order");
+}
+
+#[tokio::test]
+async fn a_message_too_long_for_one_notify_crosses_nodes_whole() {
+    let cluster = nodes(2, &[]).await;
+    let ann = cluster[0].register("ann@x.io").await;
+    let bob = cluster[1].register("bob@x.io").await;
+    let room = create_room(&cluster[0], &ann, "big").await;
+    let mut on_a = joined(&cluster[0], &ann, &room).await;
+    let mut on_b = joined(&cluster[1], &bob, &room).await;
+    // 2,000 characters of 4 bytes each: 8,000 bytes of text alone.
+    let text: String = "𝄞".repeat(2000);
+    let ack = send(&mut on_a, &room, &text).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let got = on_b.next_of("message").await;
+    assert_eq!(got["text"].as_str().unwrap(), text);
+    assert_eq!(on_a.next_of("message").await, got, "the sender's node delivers the same frame");
+    // And the next small one still follows it, in order.
+    send(&mut on_a, &room, "after").await;
+    assert_eq!(on_b.next_of("message").await["seq"], got["seq"].as_i64().unwrap() + 1);
+}
+
+#[tokio::test]
+async fn a_logout_on_one_node_unbinds_the_session_on_the_others_and_the_cookie_dies_everywhere() {
+    let cluster = nodes(3, &[]).await;
+    let ann = cluster[0].register("ann@x.io").await;
+    let mut on_b = socket_to(cluster[1].addr, Some(&ann)).await.0;
+    let mut on_c = socket_to(cluster[2].addr, Some(&ann)).await.0;
+    // B and C have the session cached now.
+    assert_eq!(get(&cluster[1], "/api/auth/me", Some(&ann)).await.0, 200);
+    assert_eq!(get(&cluster[2], "/api/auth/me", Some(&ann)).await.0, 200);
+
+    let asked = Instant::now();
+    let (status, _, _) = post(&cluster[0], "/api/auth/logout", json!({}), Some(&ann)).await;
+    assert_eq!(status, 204);
+    let answered = asked.elapsed();
+    for socket in [&mut on_b, &mut on_c] {
+        let unbound = socket.next_of("unbound").await;
+        assert_eq!(unbound["reason"], "logout", "{unbound}");
+    }
+    eprintln!("logout: HTTP answer {answered:?}, unbound on B and C {:?} after the request", asked.elapsed());
+    for node in &cluster.nodes {
+        assert_eq!(get(node, "/api/auth/me", Some(&ann)).await.0, 401, "the revoked cookie fails on every node");
+    }
+    let (_, welcome) = socket_to(cluster[1].addr, Some(&ann)).await;
+    assert_eq!(welcome["user"], Value::Null, "a new socket with the dead cookie is a guest: {welcome}");
+}
+
+#[tokio::test]
+async fn revocation_role_changes_and_promotion_reach_sockets_on_other_nodes() {
+    let cluster = nodes(2, &[("TETHER_ADMIN_EMAILS", "boss@x.io,late@x.io")]).await;
+    let boss = cluster[0].register("boss@x.io").await;
+    let ann = cluster[0].register("ann@x.io").await;
+    let (_, me) = get(&cluster[0], "/api/auth/me", Some(&ann)).await;
+    let ann_id = me["user"]["id"].as_str().unwrap().to_string();
+    let mut on_b = socket_to(cluster[1].addr, Some(&ann)).await.0;
+
+    let role = |role: &str| json!({"role": role});
+    let (status, _, body) = http(cluster[0].addr, "PUT", &format!("/api/admin/users/{ann_id}/role"), Some(&role("admin")), Some(&boss))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let bound = on_b.next_of("bound").await;
+    assert_eq!(bound["user"]["role"], "admin", "{bound}");
+    assert_eq!(get(&cluster[1], "/api/auth/me", Some(&ann)).await.1["user"]["role"], "admin", "B's cache followed");
+
+    let (status, _, _) = http(cluster[0].addr, "DELETE", &format!("/api/admin/users/{ann_id}/sessions"), None, Some(&boss))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    assert_eq!(on_b.next_of("unbound").await["reason"], "revoked");
+    assert_eq!(get(&cluster[1], "/api/auth/me", Some(&ann)).await.0, 401);
+
+    // TETHER_ADMIN_EMAILS promotion at login on A reaches the user's socket on B.
+    let late = cluster[1].register("late@x.io").await;
+    let (_, me) = get(&cluster[1], "/api/auth/me", Some(&late)).await;
+    let late_id = me["user"]["id"].as_str().unwrap().to_string();
+    let (status, _, _) =
+        http(cluster[0].addr, "PUT", &format!("/api/admin/users/{late_id}/role"), Some(&role("user")), Some(&boss)).await.unwrap();
+    assert_eq!(status, 200);
+    let mut late_on_b = socket_to(cluster[1].addr, Some(&late)).await.0;
+    login(&cluster[0], "late@x.io").await;
+    assert_eq!(late_on_b.next_of("bound").await["user"]["role"], "admin");
+}
+
+#[tokio::test]
+async fn events_and_tickets_cross_nodes() {
+    let cluster = nodes(2, &[("TETHER_ADMIN_EMAILS", "boss@x.io")]).await;
+    let boss = cluster[1].register("boss@x.io").await;
+    let mut admin_on_b = socket_to(cluster[1].addr, Some(&boss)).await.0;
+    let (mut guest_on_b, _) = socket_to(cluster[1].addr, None).await;
+
+    let ann = cluster[0].register("ann@x.io").await;
+    let registered = admin_on_b.next_event("user.registered").await;
+    assert_eq!(registered["data"]["email"], "ann@x.io");
+    let room = create_room(&cluster[0], &ann, "news").await;
+    let created = guest_on_b.next_event("room.created").await;
+    assert_eq!(created["data"]["code"], room.as_str());
+
+    // A ticket from A binds a socket on B.
+    let (status, _, body) = post(&cluster[0], "/api/auth/ticket", json!({}), Some(&ann)).await;
+    assert_eq!(status, 200, "{body}");
+    let ack = guest_on_b.request(json!({"type": "login", "ticket": body["ticket"]})).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["user"]["email"], "ann@x.io");
+}
+
+/// The admin view's sockets, by node.
+async fn sockets_by_node(node: &ServerProcess, admin: &str) -> Vec<(String, String)> {
+    let (status, body) = get(node, "/api/admin/sockets", Some(admin)).await;
+    assert_eq!(status, 200, "{body}");
+    body["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["node"].as_str().unwrap().to_string(), s["socket_id"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Polls the admin view until `done` holds, up to `patience`.
+async fn admin_view_until(node: &ServerProcess, admin: &str, patience: Duration, done: impl Fn(&[(String, String)]) -> bool) -> Vec<(String, String)> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let view = sockets_by_node(node, admin).await;
+        if done(&view) || Instant::now() > deadline {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_admin_view_lists_every_nodes_sockets_and_drops_a_stopped_or_killed_node() {
+    let mut cluster = nodes(3, &[("TETHER_ADMIN_EMAILS", "boss@x.io")]).await;
+    let boss = cluster[0].register("boss@x.io").await;
+    let (_a_socket, on_a) = socket_to(cluster[0].addr, Some(&boss)).await;
+    let (mut b_socket, on_b) = socket_to(cluster[1].addr, None).await;
+    let (_c_socket, on_c) = socket_to(cluster[2].addr, None).await;
+    let ids: HashSet<String> = [&on_a, &on_b, &on_c].iter().map(|w| w["socket_id"].as_str().unwrap().to_string()).collect();
+
+    let view = sockets_by_node(&cluster[0], &boss).await;
+    let listed: HashSet<String> = view.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(listed, ids, "every node's sockets, from node A");
+    let nodes: HashSet<&String> = view.iter().map(|(node, _)| node).collect();
+    assert_eq!(nodes.len(), 3, "each with its own node: {view:?}");
+    let node_of = |id: &Value| view.iter().find(|(_, s)| s == id.as_str().unwrap()).unwrap().0.clone();
+    let (node_b, node_c) = (node_of(&on_b["socket_id"]), node_of(&on_c["socket_id"]));
+
+    // SIGTERM: B closes its sockets with 1001 and leaves the view at once.
+    assert!(cluster.nodes[1].terminate(), "B exits 0");
+    assert_eq!(b_socket.closed().await, Some(1001));
+    let view = sockets_by_node(&cluster[0], &boss).await;
+    assert!(view.iter().all(|(node, _)| *node != node_b), "B's sockets are gone at once: {view:?}");
+
+    // kill -9: C cannot say goodbye; it leaves the view within 30 s.
+    cluster.nodes[2].child.kill().unwrap();
+    cluster.nodes[2].child.wait().unwrap();
+    let killed = Instant::now();
+    let view = admin_view_until(&cluster[0], &boss, DEAD_NODE_PATIENCE, |v| v.iter().all(|(node, _)| *node != node_c)).await;
+    assert!(view.iter().all(|(node, _)| *node != node_c), "C's sockets left the view within 30 s: {view:?}");
+    eprintln!("killed node left the admin view after {:?}", killed.elapsed());
+    assert_eq!(view.len(), 1, "A's own socket stays: {view:?}");
+}
