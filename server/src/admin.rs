@@ -30,7 +30,6 @@ async fn revoke_sessions(
 ) -> ApiResult<StatusCode> {
     store::user_by_id(&state.db, &user_id).await?.ok_or(ApiError::NotFound)?;
     let sessions = store::revoke_user_sessions(&state.db, &user_id).await?;
-    state.sessions.forget_user(&user_id);
     for (session_id, expires_at) in &sessions {
         crate::auth::revoke_everywhere(&state, session_id, *expires_at, UnbindReason::Revoked).await;
     }

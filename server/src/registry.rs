@@ -791,6 +791,17 @@ impl Registry {
         self.read().sockets.get(&id).is_some_and(|e| e.rooms.contains(room))
     }
 
+    /// Each room with joined sockets on this node, with the oldest `seq` any
+    /// of them is known to have (from its join's history or live delivery):
+    /// where a replay of the room must start so none of them misses a message.
+    pub fn room_floors(&self) -> Vec<(String, i64)> {
+        let ix = self.read();
+        ix.rooms
+            .iter()
+            .filter_map(|(code, state)| state.floors.values().min().map(|floor| (code.to_string(), *floor)))
+            .collect()
+    }
+
     /// A room's members on this node, ordered by key.
     pub fn members(&self, room: &str) -> Vec<Member> {
         self.read().rooms.get(room).map(RoomState::members).unwrap_or_default()

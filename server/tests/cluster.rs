@@ -47,18 +47,8 @@ async fn login(node: &ServerProcess, email: &str) -> String {
 
 async fn joined(node: &ServerProcess, cookie: &str, room: &str) -> Socket {
     let (mut socket, _) = socket_to(node.addr, Some(cookie)).await;
-    let ack = socket.request(json!({"type": "join", "room": room})).await;
-    assert_eq!(ack["ok"], true, "{ack}");
+    socket.join(room).await;
     socket
-}
-
-/// The `seq`s of the next `n` messages a socket receives.
-async fn messages(socket: &mut Socket, n: usize) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        got.push(socket.next_of("message").await);
-    }
-    got
 }
 
 #[tokio::test]
@@ -84,7 +74,7 @@ async fn room_messages_reach_every_node_once_in_one_order_the_order_of_history()
     let (sa, sb) = tokio::join!(sends(a, &room, "ann"), sends(b, &room, "bob"));
     (a, b) = (sa, sb);
     let seen: Vec<Vec<Value>> =
-        vec![messages(&mut a, 2 * EACH).await, messages(&mut b, 2 * EACH).await, messages(&mut watcher, 2 * EACH).await];
+        vec![a.messages(2 * EACH).await, b.messages(2 * EACH).await, watcher.messages(2 * EACH).await];
     let seqs: Vec<i64> = seen[0].iter().map(|m| m["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=(2 * EACH) as i64).collect::<Vec<_>>(), "1, 2, 3... with no gap");
     let ids = |list: &Vec<Value>| list.iter().map(|m| m["id"].as_str().unwrap().parse::<i64>().unwrap()).collect::<Vec<_>>();
@@ -95,18 +85,15 @@ async fn room_messages_reach_every_node_once_in_one_order_the_order_of_history()
     send(&mut a, &room, "last").await;
     let mut live = seen[0].clone();
     for socket in [&mut a, &mut b, &mut watcher] {
-        let next = socket.next_of("message").await;
+        let next = socket.messages(1).await.remove(0);
         assert_eq!((next["seq"].clone(), next["text"].clone()), (json!(2 * EACH + 1), json!("last")));
         live.push(next);
     }
     live.truncate(2 * EACH + 1);
-    for frame in &mut live {
-        frame.as_object_mut().unwrap().remove("type");
-    }
 
     // History, from any node, is the same order.
     let (mut fresh, _) = socket_to(cluster[1].addr, Some(&cat)).await;
-    let ack = fresh.request(json!({"type": "join", "room": room})).await;
+    let ack = fresh.join(&room).await;
     let history = ack["history"].as_array().unwrap();
     assert_eq!(history[..], live[live.len() - history.len()..], "history is the live order");
 }

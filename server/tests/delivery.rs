@@ -18,23 +18,8 @@ async fn create_room(server: &TestServer, owner: &Account) -> String {
 
 async fn joined(server: &TestServer, cookie: Option<&str>, code: &str) -> Socket {
     let (mut socket, _) = server.socket(cookie).await;
-    let ack = socket.request(json!({"type": "join", "room": code})).await;
-    assert_eq!(ack["ok"], true, "{ack}");
+    socket.join(code).await;
     socket
-}
-
-/// Reads frames in arrival order (no skipping) until `n` messages came;
-/// returns them without their `type`, as history holds them.
-async fn messages(socket: &mut Socket, n: usize) -> Vec<Value> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let mut frame = socket.next_frame().await;
-        if frame["type"] == "message" {
-            frame.as_object_mut().unwrap().remove("type");
-            got.push(frame);
-        }
-    }
-    got
 }
 
 fn seqs(messages: &[Value]) -> Vec<i64> {
@@ -85,8 +70,8 @@ async fn concurrent_senders_make_one_order_for_every_receiver_and_history() {
     for sender in senders {
         sender.await.unwrap();
     }
-    let seen_first = messages(&mut first, 2 * EACH).await;
-    let seen_second = messages(&mut second, 2 * EACH).await;
+    let seen_first = first.messages(2 * EACH).await;
+    let seen_second = second.messages(2 * EACH).await;
     assert_eq!(seqs(&seen_first), (1..=2 * EACH as i64).collect::<Vec<_>>());
     assert_eq!(seen_first, seen_second, "every socket of the room sees one order");
     assert_one_order(&seen_first);
@@ -144,7 +129,7 @@ async fn joins_racing_a_stream_of_sends_get_each_message_exactly_once() {
         };
         let history = ack["history"].as_array().unwrap();
         let last_in_history = history.last().map_or(0, |m| m["seq"].as_i64().unwrap());
-        let live = messages(joiner, 3).await;
+        let live = joiner.messages(3).await;
         assert_eq!(
             seqs(&live),
             vec![last_in_history + 1, last_in_history + 2, last_in_history + 3],

@@ -194,6 +194,24 @@ async fn run(args: &Args, pin: bool, gen_cpu: usize, nofile: u64) -> Result<(), 
 
 type Row = (String, String, String, String, String, Option<bool>);
 
+/// The result cell of a rate scenario; its errors go to stderr.
+fn rate_result(scenario: &str, r: &scenarios::RateReport, plural: &str, singular: &str) -> String {
+    if !r.errors.is_empty() {
+        eprintln!("{scenario}: errors: {:?}", r.errors);
+    }
+    format!(
+        "**{:.0} {plural}/s** ({} in {:.1} s, {} failed); {singular} latency p50 {:.2} ms, p99 {:.2} ms; server CPU {} µs/{singular}; {} in flight",
+        r.per_sec(),
+        r.ok,
+        r.elapsed.as_secs_f64(),
+        r.failed,
+        ms(percentile(&r.lat_us, 50.0)),
+        ms(percentile(&r.lat_us, 99.0)),
+        r.server_us_each().map(|us| format!("{us:.0}")).unwrap_or("?".into()),
+        r.concurrency
+    )
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -233,40 +251,14 @@ async fn scenario(args: &Args, bench: &mut Bench) -> Result<Vec<Row>, String> {
         "handshake" => {
             let concurrency = args.count("concurrency", 32)?;
             let r = scenarios::handshake(bench, users(200)?, args.secs("duration", 30.0)?, concurrency, args.count("addresses", 10)?).await?;
-            if !r.errors.is_empty() {
-                eprintln!("handshake: errors: {:?}", r.errors);
-            }
-            let result = format!(
-                "**{:.0} upgrades/s** ({} in {:.1} s, {} failed); upgrade latency p50 {:.2} ms, p99 {:.2} ms; server CPU {} µs/upgrade; {} in flight",
-                r.per_sec(),
-                r.ok,
-                r.elapsed.as_secs_f64(),
-                r.failed,
-                ms(percentile(&r.lat_us, 50.0)),
-                ms(percentile(&r.lat_us, 99.0)),
-                r.server_cpu_ns.map(|c| format!("{:.0}", c as f64 / 1000.0 / r.ok.max(1) as f64)).unwrap_or("?".into()),
-                r.concurrency
-            );
+            let result = rate_result("handshake", &r, "upgrades", "upgrade");
             let met = Some(r.per_sec() >= 8000.0 && r.failed == 0);
             Ok(vec![("handshake".into(), format!("{} s", r.elapsed.as_secs()), result, "1,063/s".into(), "≥ 8,000/s".into(), met)])
         }
         "login" => {
             let concurrency = args.count("concurrency", 8)?;
             let r = scenarios::login(bench, users(20)?, args.secs("duration", 30.0)?, concurrency).await?;
-            if !r.errors.is_empty() {
-                eprintln!("login: errors: {:?}", r.errors);
-            }
-            let result = format!(
-                "**{:.0} logins/s** ({} in {:.1} s, {} failed); latency p50 {:.2} ms, p99 {:.2} ms; server CPU {} µs/login; {} in flight",
-                r.per_sec(),
-                r.ok,
-                r.elapsed.as_secs_f64(),
-                r.failed,
-                ms(percentile(&r.lat_us, 50.0)),
-                ms(percentile(&r.lat_us, 99.0)),
-                r.server_cpu_ns.map(|c| format!("{:.0}", c as f64 / 1000.0 / r.ok.max(1) as f64)).unwrap_or("?".into()),
-                r.concurrency
-            );
+            let result = rate_result("login", &r, "logins", "login");
             Ok(vec![("login".into(), format!("{} s", r.elapsed.as_secs()), result, "-".into(), "-".into(), None)])
         }
         "fanout" => {

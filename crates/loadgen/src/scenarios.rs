@@ -328,24 +328,32 @@ pub async fn idle(bench: &mut Bench, sockets: usize, users: usize, hold: Duratio
 
 // ---------------------------------------------------------------- handshake
 
+/// What a rate scenario (handshake, login) gave: operations done over a
+/// stretch of time with `concurrency` in flight.
 #[derive(Debug, Clone)]
-pub struct HandshakeReport {
+pub struct RateReport {
     pub ok: usize,
     pub failed: usize,
     pub errors: Vec<String>,
+    /// Latency of each successful operation, µs, sorted.
     pub lat_us: Vec<u64>,
     pub elapsed: Duration,
     pub server_cpu_ns: Option<u64>,
     pub concurrency: usize,
 }
 
-impl HandshakeReport {
+impl RateReport {
     pub fn per_sec(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// Server CPU per successful operation, µs.
+    pub fn server_us_each(&self) -> Option<f64> {
+        self.server_cpu_ns.map(|c| c as f64 / 1000.0 / self.ok.max(1) as f64)
+    }
 }
 
-pub async fn handshake(bench: &mut Bench, users: usize, duration: Duration, concurrency: usize, addresses: usize) -> Result<HandshakeReport, String> {
+pub async fn handshake(bench: &mut Bench, users: usize, duration: Duration, concurrency: usize, addresses: usize) -> Result<RateReport, String> {
     let accounts = bench.register_users(users).await?;
     if bench.shards.is_empty() {
         bench.new_shard(false)?;
@@ -364,7 +372,7 @@ pub async fn handshake(bench: &mut Bench, users: usize, duration: Duration, conc
         Event::Churned { ok, failed, errors, lat_us, elapsed_ms } => {
             let mut lat_us: Vec<u64> = lat_us.into_iter().map(u64::from).collect();
             lat_us.sort_unstable();
-            Ok(HandshakeReport {
+            Ok(RateReport {
                 ok,
                 failed,
                 errors,
@@ -380,24 +388,6 @@ pub async fn handshake(bench: &mut Bench, users: usize, duration: Duration, conc
 
 // ---------------------------------------------------------------- login
 
-#[derive(Debug, Clone)]
-pub struct LoginReport {
-    pub ok: usize,
-    pub failed: usize,
-    pub errors: Vec<String>,
-    /// Request sent → answer read, per successful login, µs, sorted.
-    pub lat_us: Vec<u64>,
-    pub elapsed: Duration,
-    pub server_cpu_ns: Option<u64>,
-    pub concurrency: usize,
-}
-
-impl LoginReport {
-    pub fn per_sec(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
 /// Loopback source addresses the login scenario spreads its requests over:
 /// the contract allows 60 attempts a minute from one address, and one core
 /// verifies more than that many argon2 hashes a second.
@@ -407,7 +397,7 @@ const LOGIN_SOURCES: usize = 250;
 /// right password) over and over for `duration`, each request from the next of
 /// [`LOGIN_SOURCES`] loopback addresses. Each login verifies an argon2 hash and
 /// writes a session row: the figure is the database's and argon2's together.
-pub async fn login(bench: &mut Bench, users: usize, duration: Duration, concurrency: usize) -> Result<LoginReport, String> {
+pub async fn login(bench: &mut Bench, users: usize, duration: Duration, concurrency: usize) -> Result<RateReport, String> {
     let accounts = Arc::new(bench.register_users(users.max(1)).await?);
     let addr = bench.endpoint.addr;
     let next = Arc::new(AtomicUsize::new(0));
@@ -438,7 +428,7 @@ pub async fn login(bench: &mut Bench, users: usize, duration: Duration, concurre
             })
         })
         .collect();
-    let mut report = LoginReport { ok: 0, failed: 0, errors: Vec::new(), lat_us: Vec::new(), elapsed: Duration::ZERO, server_cpu_ns: None, concurrency };
+    let mut report = RateReport { ok: 0, failed: 0, errors: Vec::new(), lat_us: Vec::new(), elapsed: Duration::ZERO, server_cpu_ns: None, concurrency };
     for worker in workers {
         let (lat_us, errors, failed) = worker.await.map_err(|e| format!("login worker: {e}"))?;
         report.lat_us.extend(lat_us);

@@ -192,7 +192,6 @@ async fn login(
 async fn logout(State(state): State<AppState>, caller: CallerSockets, jar: CookieJar) -> ApiResult<impl IntoResponse> {
     if let Some(session) = caller.session() {
         store::revoke_session(&state.db, &session.id).await?;
-        state.sessions.forget(&session.id);
         caller.unbind(UnbindReason::Logout).await;
         tracing::info!(user_id = %session.user.id, "session logged out");
     }

@@ -18,8 +18,7 @@ pub async fn set_role(state: &AppState, user_id: &str, role: Role) -> ApiResult<
     let Some(user) = store::set_role(&state.db, user_id, role).await? else {
         return Ok(None);
     };
-    // Cached sessions hold the old user; the next request reads the new one.
-    state.sessions.forget_user(&user.id);
+    // The bus drops cached sessions of the old user on every node (this one first).
     if let Err(e) = state.bus.publish(Delivery::UpdateUser { user: user.clone() }).await {
         tracing::warn!(error = %e, "role change not sent to the other nodes");
     }

@@ -28,10 +28,6 @@ impl LocalBus {
 }
 
 impl Bus for LocalBus {
-    fn node(&self) -> &str {
-        self.registry.node()
-    }
-
     fn publish(&self, delivery: Delivery) -> BoxFuture<'_, sqlx::Result<()>> {
         apply(&self.registry, &self.on_invalidate, &delivery);
         std::future::ready(Ok(())).boxed()

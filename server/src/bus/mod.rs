@@ -26,25 +26,20 @@ use tether_protocol::{ChatMessage, LiveSocket, Role, Sender, ServerFrame, Unbind
 
 use crate::registry::{Audience, Registry};
 
-/// Who an emit is for, evaluated on each node: the node-independent part of
-/// [`Audience`] (a socket id is meaningful only on its own node).
+/// Who an emit is for, evaluated on each node: the audiences model events
+/// use ([`crate::events`]). Room messages, sessions and users have their own
+/// [`Delivery`] kinds; a socket id is meaningful only on its own node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "to", content = "key", rename_all = "snake_case")]
 pub enum Target {
-    User(String),
-    Session(String),
     Role(Role),
-    Room(String),
     All,
 }
 
 impl Target {
-    pub fn audience(&self) -> Audience<'_> {
+    pub fn audience(&self) -> Audience<'static> {
         match self {
-            Target::User(id) => Audience::User(id),
-            Target::Session(id) => Audience::Session(id),
             Target::Role(role) => Audience::Role(*role),
-            Target::Room(code) => Audience::Room(code),
             Target::All => Audience::All,
         }
     }
@@ -108,9 +103,6 @@ pub struct Draft {
 
 /// The transport between this node's registry and every node's (its own included).
 pub trait Bus: Send + Sync {
-    /// This node's name, as in socket ids and the admin view's `node`.
-    fn node(&self) -> &str;
-
     /// Applies `delivery` on this node at once, then on every other node.
     /// `Err` when the other nodes could not be told (the database is down).
     fn publish(&self, delivery: Delivery) -> BoxFuture<'_, sqlx::Result<()>>;

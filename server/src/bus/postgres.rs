@@ -7,9 +7,13 @@
 //!   `bus_payloads` in the same transaction, and the notification carries
 //!   its id; receivers read it before handling anything newer, so the order
 //!   holds. Rows older than [`PAYLOAD_RETENTION`] are deleted.
-//! - **Notifications lost while the listener reconnects**: every node
-//!   treats its caches as stale on a reconnect ([`Invalidation::All`]); room
-//!   messages are in the `messages` table and rejoins resume from `seq`.
+//! - **Notifications lost while the listener reconnects**: a node treats its
+//!   caches as stale on a reconnect ([`Invalidation::All`]) and, once
+//!   listening again, replays from the `messages` table every room message
+//!   its sockets missed, before anything newer. A message whose `seq` skips
+//!   past the last one this node delivered in its room is preceded by the
+//!   missing ones from the table; one it already delivered is dropped. So the
+//!   per-room order on a node never skips and never repeats.
 //! - **Stale presence after a node dies**: nodes heartbeat in `nodes` every
 //!   [`HEARTBEAT`]; a node silent for [`NODE_TIMEOUT`] counts as gone, and a
 //!   node that stops normally deletes its row at once.
@@ -27,7 +31,7 @@ use tether_protocol::{ChatMessage, LiveSocket};
 use tokio::sync::mpsc;
 
 use super::{apply, Bus, Delivery, Draft, Invalidation, InvalidationHook};
-use crate::db::{format_rfc3339, now_ms, parse_rfc3339};
+use crate::db::{format_rfc3339, now_ms, parse_rfc3339, Db};
 use crate::registry::Registry;
 use crate::rooms::store;
 
@@ -42,6 +46,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a stored body is kept for listeners that are behind.
 pub const PAYLOAD_RETENTION: Duration = Duration::from_secs(600);
+/// Messages read from the table at a time when a node fills a gap.
+const REPLAY_PAGE: i64 = 500;
 /// How long the admin view waits for the other nodes' sockets.
 const SOCKETS_WAIT: Duration = Duration::from_secs(2);
 
@@ -72,6 +78,8 @@ struct Inner {
     on_invalidate: InvalidationHook,
     /// Admin-view requests of this node waiting for replies, by request id.
     waiting: Mutex<HashMap<String, Replies>>,
+    /// Per room, the newest `seq` this node delivered (listener task only).
+    delivered: Mutex<HashMap<String, i64>>,
 }
 
 pub struct PgBus {
@@ -82,10 +90,9 @@ impl PgBus {
     /// Registers this node in `nodes`, starts listening and heartbeating.
     /// Returns once the listener is subscribed, so nothing published after is missed.
     pub async fn start(pool: PgPool, registry: Arc<Registry>, on_invalidate: InvalidationHook) -> sqlx::Result<PgBus> {
-        let inner = Arc::new(Inner { pool, registry, on_invalidate, waiting: Mutex::default() });
+        let inner = Arc::new(Inner { pool, registry, on_invalidate, waiting: Mutex::default(), delivered: Mutex::default() });
         inner.heartbeat().await?;
-        let mut listener = PgListener::connect_with(&inner.pool).await?;
-        listener.listen(CHANNEL).await?;
+        let listener = subscribe(&inner.pool).await?;
         tokio::spawn(listen(inner.clone(), listener));
         let beating = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -144,9 +151,7 @@ impl Inner {
         match body {
             // Room messages come back to their own node too: every node hears
             // them in the one commit order. Other deliveries were applied at once.
-            Body::Deliver { delivery: delivery @ Delivery::Message { .. } } => {
-                apply(&self.registry, &self.on_invalidate, &delivery)
-            }
+            Body::Deliver { delivery: Delivery::Message { message } } => self.deliver_in_order(message).await,
             Body::Deliver { delivery } if !own => apply(&self.registry, &self.on_invalidate, &delivery),
             Body::Deliver { .. } => {}
             Body::SocketsRequest { request } if !own => {
@@ -167,6 +172,53 @@ impl Inner {
                 }
             }
             Body::SocketsReply { .. } => {}
+        }
+    }
+
+    /// Delivers a room message after any this node missed before it; drops
+    /// one it delivered already (a replay got there first).
+    async fn deliver_in_order(&self, message: ChatMessage) {
+        let last = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&message.room).copied();
+        match last {
+            Some(last) if message.seq <= last => return,
+            Some(last) if message.seq > last + 1 => self.replay(&message.room, last, message.seq).await,
+            _ => {}
+        }
+        self.deliver(message);
+    }
+
+    fn deliver(&self, message: ChatMessage) {
+        self.delivered.lock().unwrap_or_else(|p| p.into_inner()).insert(message.room.clone(), message.seq);
+        let delivery = Delivery::Message { message };
+        apply(&self.registry, &self.on_invalidate, &delivery);
+    }
+
+    /// Delivers a room's stored messages with `after < seq < before`, in order.
+    async fn replay(&self, room: &str, after: i64, before: i64) {
+        let mut after = after;
+        loop {
+            match store::oldest_page(&Db::Postgres(self.pool.clone()), room, after, before, REPLAY_PAGE).await {
+                Ok(page) => {
+                    let Some(newest) = page.last().map(|m| m.seq) else { return };
+                    let full = page.len() as i64 == REPLAY_PAGE;
+                    for message in page {
+                        self.deliver(message);
+                    }
+                    if !full {
+                        return;
+                    }
+                    after = newest;
+                }
+                Err(e) => return tracing::warn!(error = %e, room, "cluster: could not replay missed messages"),
+            }
+        }
+    }
+
+    /// After a reconnect: every room with sockets here gets what it missed.
+    async fn resync(&self) {
+        for (room, floor) in self.registry.room_floors() {
+            let after = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&room).copied().unwrap_or(floor);
+            self.replay(&room, after, i64::MAX).await;
         }
     }
 
@@ -197,28 +249,40 @@ impl Inner {
     }
 }
 
+/// A listener connection subscribed to [`CHANNEL`].
+async fn subscribe(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
 /// The listener task: applies notifications in order, for the node's life.
+/// When its connection drops, whatever was sent meanwhile is lost to it:
+/// it drops its caches, listens again (backoff 0.25 s doubling to 5 s), and
+/// replays the room messages its sockets missed.
 async fn listen(inner: Arc<Inner>, mut listener: PgListener) {
-    let mut backoff = Duration::from_millis(250);
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                backoff = Duration::from_millis(250);
                 inner.receive(notification.payload()).await;
+                continue;
             }
-            // The connection dropped; the next call reconnects and listens again.
-            // Whatever was sent meanwhile is lost to this node: caches are stale.
-            Ok(None) => {
-                tracing::warn!("cluster: listener connection lost; reconnecting, caches dropped");
-                (inner.on_invalidate)(&Invalidation::All);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster: listener cannot reconnect; retrying in {backoff:?}");
-                (inner.on_invalidate)(&Invalidation::All);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            Ok(None) => tracing::warn!("cluster: listener connection lost; listening again"),
+            Err(e) => tracing::warn!(error = %e, "cluster: listener failed; listening again"),
         }
+        (inner.on_invalidate)(&Invalidation::All);
+        let mut backoff = Duration::from_millis(250);
+        listener = loop {
+            match subscribe(&inner.pool).await {
+                Ok(listener) => break listener,
+                Err(e) => tracing::warn!(error = %e, "cluster: cannot listen; retrying in {backoff:?}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
+        // Changes made while nobody listened: drop the caches again, fill the rooms' gaps.
+        (inner.on_invalidate)(&Invalidation::All);
+        inner.resync().await;
     }
 }
 
@@ -249,10 +313,6 @@ async fn notify_on(conn: &mut PgConnection, envelope: &Envelope) -> sqlx::Result
 }
 
 impl Bus for PgBus {
-    fn node(&self) -> &str {
-        self.inner.node()
-    }
-
     fn publish(&self, delivery: Delivery) -> BoxFuture<'_, sqlx::Result<()>> {
         async move {
             let inner = &self.inner;
@@ -284,8 +344,9 @@ impl Bus for PgBus {
                 None => (0, None),
             };
             let seq = tail_seq + 1;
-            let floor = tail_at.as_deref().and_then(parse_rfc3339).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let at = format_rfc3339(now_ms().max(floor));
+            let last_at = tail_at.as_deref().and_then(parse_rfc3339).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            // As on one node: `at` never decreases along `seq`.
+            let at = format_rfc3339(now_ms().max(last_at));
             let id: i64 = sqlx::query_scalar(store::INSERT_MESSAGE_SQL)
                 .bind(&draft.room)
                 .bind(seq)

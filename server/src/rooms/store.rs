@@ -135,6 +135,23 @@ pub async fn page(db: &Db, room: &str, after: i64, before: i64, limit: i64) -> s
     })
 }
 
+/// The oldest `limit` messages with `seq` in `after < seq < before`, oldest first
+/// (a node filling a gap in what it delivered).
+pub async fn oldest_page(db: &Db, room: &str, after: i64, before: i64, limit: i64) -> sqlx::Result<Vec<ChatMessage>> {
+    with_pool!(db, |pool| {
+        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE room_code = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT $4"
+        ))
+        .bind(room)
+        .bind(after)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        Ok(messages(room, rows))
+    })
+}
+
 /// The last [`HISTORY_LEN`] messages of a room, oldest first.
 pub async fn history(db: &Db, room: &str) -> sqlx::Result<Vec<ChatMessage>> {
     page(db, room, 0, i64::MAX, HISTORY_LEN).await

@@ -254,6 +254,27 @@ impl Socket {
         self.next_matching(|frame| frame["type"] == kind).await
     }
 
+    /// Joins `room` and returns the ack, which must be ok.
+    pub async fn join(&mut self, room: &str) -> Value {
+        let ack = self.request(json!({"type": "join", "room": room})).await;
+        assert_eq!(ack["ok"], true, "{ack}");
+        ack
+    }
+
+    /// Reads frames in arrival order until `n` messages came, dropping the
+    /// rest; returns them without their `type`, as history holds them.
+    pub async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let mut frame = self.next_frame().await;
+            if frame["type"] == "message" {
+                frame.as_object_mut().unwrap().remove("type");
+                got.push(frame);
+            }
+        }
+        got
+    }
+
     /// The next `event` frame of `topic`; other frames stay for later reads.
     pub async fn next_event(&mut self, topic: &str) -> Value {
         self.next_matching(|frame| frame["type"] == "event" && frame["topic"] == topic).await
