@@ -33,6 +33,7 @@ use axum::extract::ws::Utf8Bytes;
 use rand::Rng;
 use serde_json::json;
 use tether_protocol::{close_code, topic, LiveSocket, Member, Role, ServerFrame, UnbindReason, User};
+use tokio::sync::mpsc;
 
 pub mod queue;
 
@@ -138,10 +139,33 @@ impl Entry {
     }
 }
 
-/// A member and how many of the room's sockets it stands for.
+/// A member of a room, on this node and on others: present while it has a
+/// socket in the room on any node.
 struct Present {
     member: Member,
+    /// This node's sockets in the room it stands for.
     sockets: usize,
+    /// The other nodes where it has sockets in the room ([`Registry::remote_presence`]).
+    nodes: BTreeSet<Arc<str>>,
+}
+
+impl Present {
+    fn is_gone(&self) -> bool {
+        self.sockets == 0 && self.nodes.is_empty()
+    }
+}
+
+/// A change of this node's own part of the cluster's presence, or of its
+/// socket list, for the other nodes ([`Registry::cluster_feed`]). Plain data:
+/// the bus carries it to every node, where [`Registry::remote_presence`] applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeChange {
+    /// This node's first socket of `member` is in `room` (or the member's details changed).
+    Joined { room: String, member: Member },
+    /// This node's last socket of the member keyed `key` left `room`.
+    Left { room: String, key: String },
+    /// This node's socket list changed (the admin view, `sockets.changed`).
+    SocketsChanged,
 }
 
 /// What adding a socket's member did to a room's member list.
@@ -165,31 +189,59 @@ struct RoomState {
 }
 
 impl RoomState {
-    fn add(&mut self, member: &Member) -> Added {
-        match self.members.get_mut(&member.key) {
+    /// Adds one of this node's sockets' member (`node`: `None`) or another
+    /// node's part (`Some`). With it, whether this node's own part changed
+    /// (the other nodes must hear of it).
+    fn add(&mut self, member: &Member, node: Option<&Arc<str>>) -> (Added, bool) {
+        let present = self.members.entry(member.key.clone()).or_insert_with(|| Present {
+            member: member.clone(),
+            sockets: 0,
+            nodes: BTreeSet::new(),
+        });
+        let was_gone = present.is_gone();
+        let first_here = match node {
             None => {
-                self.members.insert(member.key.clone(), Present { member: member.clone(), sockets: 1 });
-                Added::Joined
-            }
-            Some(present) => {
                 present.sockets += 1;
-                if present.member == *member {
-                    Added::Unchanged
-                } else {
-                    Added::Replaced(std::mem::replace(&mut present.member, member.clone()))
-                }
+                present.sockets == 1
             }
-        }
+            Some(node) => {
+                present.nodes.insert(node.clone());
+                false
+            }
+        };
+        let added = if was_gone {
+            Added::Joined
+        } else if present.member == *member {
+            Added::Unchanged
+        } else {
+            Added::Replaced(std::mem::replace(&mut present.member, member.clone()))
+        };
+        let here_changed = first_here || (node.is_none() && matches!(added, Added::Replaced(_)));
+        (added, here_changed)
     }
 
-    /// Takes one socket's member away; the member itself when it was the last.
-    fn remove(&mut self, key: &str) -> Option<Member> {
-        let present = self.members.get_mut(key)?;
-        present.sockets -= 1;
-        if present.sockets > 0 {
-            return None;
+    /// Takes away one of this node's sockets' member (`node`: `None`) or
+    /// another node's part. With it: the member, when it is now gone from the
+    /// room on every node; whether this node's own part changed.
+    fn remove(&mut self, key: &str, node: Option<&str>) -> (Option<Member>, bool) {
+        let Some(present) = self.members.get_mut(key) else { return (None, false) };
+        let last_here = match node {
+            None if present.sockets > 0 => {
+                present.sockets -= 1;
+                present.sockets == 0
+            }
+            None => return (None, false),
+            Some(node) => {
+                if !present.nodes.remove(node) {
+                    return (None, false);
+                }
+                false
+            }
+        };
+        if !present.is_gone() {
+            return (None, last_here);
         }
-        self.members.remove(key).map(|p| p.member)
+        (self.members.remove(key).map(|p| p.member), last_here)
     }
 
     fn members(&self) -> Vec<Member> {
@@ -197,7 +249,9 @@ impl RoomState {
     }
 
     fn is_unused(&mut self) -> bool {
-        self.sockets.is_empty() && self.joining.get_mut().unwrap_or_else(|p| p.into_inner()).is_empty()
+        self.sockets.is_empty()
+            && self.members.is_empty()
+            && self.joining.get_mut().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 }
 
@@ -240,6 +294,8 @@ struct Indexes {
     evicted: Arc<Evictions>,
     /// Sockets bound to a user (the rest are guests), for the `tether_sockets` gauge.
     bound: usize,
+    /// Where this node's own changes go for the other nodes, once a bus asked.
+    feed: Option<mpsc::UnboundedSender<NodeChange>>,
 }
 
 pub struct Registry {
@@ -293,6 +349,24 @@ impl Indexes {
                 self.evicted.push(id);
             }
         }
+    }
+
+    /// Tells the other nodes (through the bus's feed, when there is one).
+    fn tell(&self, change: NodeChange) {
+        if let Some(feed) = &self.feed {
+            // Closed only when the bus is gone: then nobody is listening.
+            let _ = feed.send(change);
+        }
+    }
+
+    /// `sockets.changed` to this node's admins (the admin view is stale).
+    fn tell_admins_sockets_changed(&self) {
+        let event = text(&ServerFrame::Event { topic: topic::SOCKETS_CHANGED.into(), data: json!({}) });
+        let admins = self.recipients(Audience::Role(Role::Admin));
+        for &id in &admins {
+            self.send_text(id, &event);
+        }
+        count_out("event", admins.len());
     }
 
     fn send_text(&self, id: SocketId, bytes: &Utf8Bytes) {
@@ -354,12 +428,63 @@ impl Indexes {
         let Some(state) = self.rooms.get_mut(room) else { return };
         state.sockets.remove(&id);
         state.floors.remove(&id);
-        let left = state.remove(&member.key);
-        if state.is_unused() {
+        let (left, last_here) = state.remove(&member.key, None);
+        let unused = state.is_unused();
+        if last_here {
+            self.tell(NodeChange::Left { room: room.to_string(), key: member.key.clone() });
+        }
+        if unused {
             self.rooms.remove(room);
         } else if let Some(left) = left {
             self.send_diff(room, Vec::new(), vec![left], None);
         }
+    }
+
+    /// Applies other nodes' presence changes to this node's view of the
+    /// rooms; this node's sockets in them get the cluster's diff.
+    fn apply_remote(&mut self, node: &str, joins: &[(String, Member)], leaves: &[(String, String)]) {
+        let node: Arc<str> = node.into();
+        let mut diffs: BTreeMap<Arc<str>, (Vec<Member>, Vec<Member>)> = BTreeMap::new();
+        for (room, key) in leaves {
+            let Some(state) = self.rooms.get_mut(room.as_str()) else { continue };
+            if let (Some(left), _) = state.remove(key, Some(&node)) {
+                diffs.entry(room.as_str().into()).or_default().1.push(left);
+            }
+        }
+        for (room, member) in joins {
+            let code: Arc<str> = room.as_str().into();
+            let state = self.rooms.entry(code.clone()).or_default();
+            let diff = diffs.entry(code).or_default();
+            match state.add(member, Some(&node)).0 {
+                Added::Unchanged => {}
+                Added::Joined => diff.0.push(member.clone()),
+                Added::Replaced(old) => {
+                    diff.0.push(member.clone());
+                    diff.1.push(old);
+                }
+            }
+        }
+        for (room, (joins, leaves)) in diffs {
+            let unused = self.rooms.get_mut(&room).is_some_and(RoomState::is_unused);
+            if unused {
+                self.rooms.remove(&room);
+            } else {
+                self.send_diff(&room, joins, leaves, None);
+            }
+        }
+    }
+
+    /// Each room member with a socket on `node` (another node), by room.
+    fn remote_part(&self, node: &str) -> Vec<(String, String)> {
+        let mut part = Vec::new();
+        for (room, state) in &self.rooms {
+            for (key, present) in &state.members {
+                if present.nodes.contains(node) {
+                    part.push((room.to_string(), key.clone()));
+                }
+            }
+        }
+        part
     }
 
     /// Replaces a socket's binding, updating each of its rooms' member lists
@@ -378,15 +503,23 @@ impl Indexes {
         }
         for room in rooms {
             let Some(state) = self.rooms.get_mut(&room) else { continue };
-            let mut leaves: Vec<Member> = state.remove(&old_member.key).into_iter().collect();
+            let (left, last_here) = state.remove(&old_member.key, None);
+            let mut leaves: Vec<Member> = left.into_iter().collect();
             let mut joins = Vec::new();
-            match state.add(&new_member) {
+            let (added, here_changed) = state.add(&new_member, None);
+            match added {
                 Added::Unchanged => {}
                 Added::Joined => joins.push(new_member.clone()),
                 Added::Replaced(old) => {
                     leaves.push(old);
                     joins.push(new_member.clone());
                 }
+            }
+            if last_here {
+                self.tell(NodeChange::Left { room: room.to_string(), key: old_member.key.clone() });
+            }
+            if here_changed {
+                self.tell(NodeChange::Joined { room: room.to_string(), member: new_member.clone() });
             }
             self.send_diff(&room, joins, leaves, None);
         }
@@ -483,12 +616,8 @@ impl Registry {
                 changed |= ix.remove(id).is_some();
             }
             if changed {
-                let event = text(&ServerFrame::Event { topic: topic::SOCKETS_CHANGED.into(), data: json!({}) });
-                let admins = ix.recipients(Audience::Role(Role::Admin));
-                for &id in &admins {
-                    ix.send_text(id, &event);
-                }
-                count_out("event", admins.len());
+                ix.tell_admins_sockets_changed();
+                ix.tell(NodeChange::SocketsChanged);
                 metrics::gauge!("tether_sockets", "binding" => "user").set(ix.bound as f64);
                 metrics::gauge!("tether_sockets", "binding" => "guest").set((ix.sockets.len() - ix.bound) as f64);
                 changed = false;
@@ -742,12 +871,15 @@ impl Registry {
         let member = entry.member();
         let state = ix.rooms.entry(room.clone()).or_default();
         let mut diff = (Vec::new(), Vec::new());
+        let mut first_here = false;
         if newly_in {
             state.sockets.insert(id);
-            match state.add(&member) {
+            let (added, here_changed) = state.add(&member, None);
+            first_here = here_changed;
+            match added {
                 Added::Unchanged => {}
-                Added::Joined => diff.0.push(member),
-                Added::Replaced(old) => diff = (vec![member], vec![old]),
+                Added::Joined => diff.0.push(member.clone()),
+                Added::Replaced(old) => diff = (vec![member.clone()], vec![old]),
             }
         }
         let held = state.joining.get_mut().unwrap_or_else(|p| p.into_inner()).remove(&id).unwrap_or_default();
@@ -760,6 +892,9 @@ impl Registry {
         }
         ix.send_frame(id, &ServerFrame::Presence { room: room.to_string(), members });
         ix.send_diff(&room, diff.0, diff.1, Some(id));
+        if first_here {
+            ix.tell(NodeChange::Joined { room: room.to_string(), member });
+        }
         let mut sent = 0;
         for (_, bytes) in held.iter().filter(|(seq, _)| *seq > floor) {
             ix.send_text(id, bytes);
@@ -802,7 +937,65 @@ impl Registry {
             .collect()
     }
 
-    /// A room's members on this node, ordered by key.
+    /// Hands this node's own changes (presence, socket list) to the bus that
+    /// shares them with the other nodes; from now on every change is queued,
+    /// in the order it happened. Called once, by a cluster bus.
+    pub fn cluster_feed(&self) -> mpsc::UnboundedReceiver<NodeChange> {
+        let (feed, changes) = mpsc::unbounded_channel();
+        self.write().feed = Some(feed);
+        changes
+    }
+
+    /// This node's own part of presence: each room member with a socket here.
+    pub fn local_presence(&self) -> Vec<(String, Member)> {
+        let ix = self.read();
+        let mut part = Vec::new();
+        for (room, state) in &ix.rooms {
+            for present in state.members.values().filter(|p| p.sockets > 0) {
+                part.push((room.to_string(), present.member.clone()));
+            }
+        }
+        part
+    }
+
+    /// Another node's part of presence changed: members in `joins` (room,
+    /// member) have sockets there now, those in `leaves` (room, key) no
+    /// longer. A user is one member across every node; this node's sockets
+    /// get `presence_diff` only when a room's cluster-wide list changed.
+    pub fn remote_presence(&self, node: &str, joins: &[(String, Member)], leaves: &[(String, String)]) {
+        self.write().apply_remote(node, joins, leaves);
+        self.settle(false);
+    }
+
+    /// Replaces another node's whole part of presence (its members by room;
+    /// empty: the node is gone), sending the diffs that makes.
+    pub fn replace_remote_presence(&self, node: &str, members: &[(String, Member)]) {
+        let mut ix = self.write();
+        let now: BTreeSet<(&str, &str)> = members.iter().map(|(room, m)| (room.as_str(), m.key.as_str())).collect();
+        let leaves: Vec<(String, String)> =
+            ix.remote_part(node).into_iter().filter(|(room, key)| !now.contains(&(room.as_str(), key.as_str()))).collect();
+        ix.apply_remote(node, members, &leaves);
+        drop(ix);
+        self.settle(false);
+    }
+
+    /// The other nodes with members in this node's view of presence.
+    pub fn remote_nodes(&self) -> BTreeSet<String> {
+        let ix = self.read();
+        ix.rooms
+            .values()
+            .flat_map(|state| state.members.values())
+            .flat_map(|present| present.nodes.iter().map(|n| n.to_string()))
+            .collect()
+    }
+
+    /// `sockets.changed` to this node's admins: another node's sockets changed.
+    pub fn sockets_changed_elsewhere(&self) {
+        self.read().tell_admins_sockets_changed();
+        self.settle(false);
+    }
+
+    /// A room's members on every node (as far as this node knows), ordered by key.
     pub fn members(&self, room: &str) -> Vec<Member> {
         self.read().rooms.get(room).map(RoomState::members).unwrap_or_default()
     }

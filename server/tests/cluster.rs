@@ -51,6 +51,43 @@ async fn joined(node: &ServerProcess, cookie: &str, room: &str) -> Socket {
     socket
 }
 
+/// A socket in `room` on `node` (`cookie`: `None` for a guest), and its presence key.
+async fn member_in(node: &ServerProcess, cookie: Option<&str>, room: &str) -> (Socket, String) {
+    let (mut socket, welcome) = socket_to(node.addr, cookie).await;
+    socket.join(room).await;
+    let key = match welcome["user"]["id"].as_str() {
+        Some(id) => format!("u:{id}"),
+        None => format!("g:{}", welcome["socket_id"].as_str().unwrap()),
+    };
+    (socket, key)
+}
+
+/// The keys a `presence_diff` or `presence` frame lists under `field`.
+fn keys(frame: &Value, field: &str) -> Vec<String> {
+    let mut keys: Vec<String> =
+        frame[field].as_array().unwrap().iter().map(|m| m["key"].as_str().unwrap().to_string()).collect();
+    keys.sort();
+    keys
+}
+
+/// The next `presence_diff`: the keys that joined and the keys that left.
+async fn next_diff(socket: &mut Socket, patience: Duration) -> (Vec<String>, Vec<String>) {
+    let diff = socket.next_of_within("presence_diff", patience).await;
+    (keys(&diff, "joins"), keys(&diff, "leaves"))
+}
+
+/// Follows a joined socket's `presence` and `presence_diff` frames until the
+/// room's member keys are `want` (other nodes' changes arrive when they arrive).
+async fn members_until(socket: &mut Socket, want: &[&str]) {
+    let want: HashSet<String> = want.iter().map(|k| k.to_string()).collect();
+    let mut have: HashSet<String> = keys(&socket.next_of("presence").await, "members").into_iter().collect();
+    while have != want {
+        let (joins, leaves) = next_diff(socket, common::PATIENCE).await;
+        have.retain(|k| !leaves.contains(k));
+        have.extend(joins);
+    }
+}
+
 #[tokio::test]
 async fn room_messages_reach_every_node_once_in_one_order_the_order_of_history() {
     let cluster = nodes(3, &[]).await;
@@ -203,6 +240,36 @@ async fn events_and_tickets_cross_nodes() {
     assert_eq!(ack["user"]["email"], "ann@x.io");
 }
 
+#[tokio::test]
+async fn presence_is_cluster_wide_a_user_is_one_member_on_every_node() {
+    let cluster = nodes(3, &[]).await;
+    let ann = cluster[0].register("ann@x.io").await;
+    let cat = cluster[2].register("cat@x.io").await;
+    let room = create_room(&cluster[0], &ann, "lobby").await;
+    let (mut watcher, cat_key) = member_in(&cluster[2], Some(&cat), &room).await;
+
+    // Ann on A: the watcher on C hears her join.
+    let (mut ann_a, ann_key) = member_in(&cluster[0], Some(&ann), &room).await;
+    assert_eq!(next_diff(&mut watcher, common::PATIENCE).await, (vec![ann_key.clone()], vec![]));
+    members_until(&mut ann_a, &[&ann_key, &cat_key]).await;
+
+    // Her second socket, on B: B's view is the whole room, and she is still one member.
+    let (mut ann_b, _) = member_in(&cluster[1], Some(&ann), &room).await;
+    members_until(&mut ann_b, &[&ann_key, &cat_key]).await;
+    // A node's changes reach the others in order: had B announced her again,
+    // the watcher would hear it before this guest's join.
+    let (_guest_b, guest_b) = member_in(&cluster[1], None, &room).await;
+    assert_eq!(next_diff(&mut watcher, common::PATIENCE).await, (vec![guest_b.clone()], vec![]), "no second join for ann");
+
+    // She leaves on A: she is still in the room on B, so nobody hears her leave.
+    assert_eq!(ann_a.request(json!({"type": "leave", "room": room})).await["ok"], true);
+    let (_guest_a, guest_a) = member_in(&cluster[0], None, &room).await;
+    assert_eq!(next_diff(&mut watcher, common::PATIENCE).await, (vec![guest_a], vec![]), "ann did not leave");
+    // She leaves on B too: now she is gone, for every node.
+    ann_b.hang_up().await;
+    assert_eq!(next_diff(&mut watcher, common::PATIENCE).await, (vec![], vec![ann_key]));
+}
+
 /// The admin view's sockets, by node.
 async fn sockets_by_node(node: &ServerProcess, admin: &str) -> Vec<(String, String)> {
     let (status, body) = get(node, "/api/admin/sockets", Some(admin)).await;
@@ -231,10 +298,20 @@ async fn admin_view_until(node: &ServerProcess, admin: &str, patience: Duration,
 async fn the_admin_view_lists_every_nodes_sockets_and_drops_a_stopped_or_killed_node() {
     let mut cluster = nodes(3, &[("TETHER_ADMIN_EMAILS", "boss@x.io")]).await;
     let boss = cluster[0].register("boss@x.io").await;
-    let (_a_socket, on_a) = socket_to(cluster[0].addr, Some(&boss)).await;
+    let room = create_room(&cluster[0], &boss, "ops").await;
+    let (mut a_socket, on_a) = socket_to(cluster[0].addr, Some(&boss)).await;
+    a_socket.next_event("sockets.changed").await; // its own arrival
+    // Another node's socket list changes: admins here hear of it.
     let (mut b_socket, on_b) = socket_to(cluster[1].addr, None).await;
-    let (_c_socket, on_c) = socket_to(cluster[2].addr, None).await;
+    a_socket.next_event("sockets.changed").await;
+    let (mut c_socket, on_c) = socket_to(cluster[2].addr, None).await;
     let ids: HashSet<String> = [&on_a, &on_b, &on_c].iter().map(|w| w["socket_id"].as_str().unwrap().to_string()).collect();
+    let key = |welcome: &Value| format!("g:{}", welcome["socket_id"].as_str().unwrap());
+    let boss_key = format!("u:{}", on_a["user"]["id"].as_str().unwrap());
+    a_socket.join(&room).await;
+    b_socket.join(&room).await;
+    c_socket.join(&room).await;
+    members_until(&mut a_socket, &[&boss_key, &key(&on_b), &key(&on_c)]).await;
 
     let view = sockets_by_node(&cluster[0], &boss).await;
     let listed: HashSet<String> = view.iter().map(|(_, id)| id.clone()).collect();
@@ -249,6 +326,8 @@ async fn the_admin_view_lists_every_nodes_sockets_and_drops_a_stopped_or_killed_
     assert_eq!(b_socket.closed().await, Some(1001));
     let view = sockets_by_node(&cluster[0], &boss).await;
     assert!(view.iter().all(|(node, _)| *node != node_b), "B's sockets are gone at once: {view:?}");
+    // Well before a silent node would count as gone (15 s), B's member left presence.
+    assert_eq!(next_diff(&mut a_socket, common::PATIENCE).await, (vec![], vec![key(&on_b)]));
 
     // kill -9: C cannot say goodbye; it leaves the view within 30 s.
     cluster.nodes[2].child.kill().unwrap();
@@ -258,4 +337,8 @@ async fn the_admin_view_lists_every_nodes_sockets_and_drops_a_stopped_or_killed_
     assert!(view.iter().all(|(node, _)| *node != node_c), "C's sockets left the view within 30 s: {view:?}");
     eprintln!("killed node left the admin view after {:?}", killed.elapsed());
     assert_eq!(view.len(), 1, "A's own socket stays: {view:?}");
+    // And its member left presence, within the same 30 s.
+    let left = next_diff(&mut a_socket, DEAD_NODE_PATIENCE.saturating_sub(killed.elapsed())).await;
+    assert_eq!(left, (vec![], vec![key(&on_c)]));
+    eprintln!("killed node's member left presence after {:?}", killed.elapsed());
 }

@@ -18,7 +18,8 @@
 //!   [`HEARTBEAT`]; a node silent for [`NODE_TIMEOUT`] counts as gone, and a
 //!   node that stops normally deletes its row at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,12 +28,12 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::PgConnection;
-use tether_protocol::{ChatMessage, LiveSocket};
+use tether_protocol::{ChatMessage, LiveSocket, Member};
 use tokio::sync::mpsc;
 
 use super::{apply, Bus, Delivery, Draft, Invalidation, InvalidationHook};
 use crate::db::{format_rfc3339, now_ms, parse_rfc3339, Db};
-use crate::registry::Registry;
+use crate::registry::{NodeChange, Registry};
 use crate::rooms::store;
 
 /// The `LISTEN` channel every node shares.
@@ -48,6 +49,8 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const PAYLOAD_RETENTION: Duration = Duration::from_secs(600);
 /// Messages read from the table at a time when a node fills a gap.
 const REPLAY_PAGE: i64 = 500;
+/// The most changes of this node's presence written in one transaction.
+const PRESENCE_BATCH: usize = 1024;
 /// How long the admin view waits for the other nodes' sockets.
 const SOCKETS_WAIT: Duration = Duration::from_secs(2);
 
@@ -68,6 +71,18 @@ enum Body {
     /// The admin view asks every node for its sockets.
     SocketsRequest { request: String },
     SocketsReply { request: String, to: String, sockets: Vec<LiveSocket> },
+    /// The origin's part of presence changed (the last change per room and
+    /// member of a batch): `joins` as (room, member), `leaves` as (room, key).
+    Presence {
+        joins: Vec<(String, Member)>,
+        leaves: Vec<(String, String)>,
+        /// Its socket list changed too (admins get `sockets.changed`).
+        sockets_changed: bool,
+    },
+    /// The origin rewrote its whole part of presence: read it from `presence`.
+    PresenceReset,
+    /// A node left the cluster: it stopped, or another found it silent.
+    NodeGone { node: String },
 }
 
 type Replies = mpsc::UnboundedSender<(String, Vec<LiveSocket>)>;
@@ -80,6 +95,11 @@ struct Inner {
     waiting: Mutex<HashMap<String, Replies>>,
     /// Per room, the newest `seq` this node delivered (listener task only).
     delivered: Mutex<HashMap<String, i64>>,
+    /// This node's part of presence in the table may be wrong (a write
+    /// failed, or another node took this one for dead): rewrite it whole.
+    presence_stale: AtomicBool,
+    /// The node is stopping: its presence is no longer shared.
+    stopping: AtomicBool,
 }
 
 pub struct PgBus {
@@ -90,10 +110,20 @@ impl PgBus {
     /// Registers this node in `nodes`, starts listening and heartbeating.
     /// Returns once the listener is subscribed, so nothing published after is missed.
     pub async fn start(pool: PgPool, registry: Arc<Registry>, on_invalidate: InvalidationHook) -> sqlx::Result<PgBus> {
-        let inner = Arc::new(Inner { pool, registry, on_invalidate, waiting: Mutex::default(), delivered: Mutex::default() });
+        let feed = registry.cluster_feed();
+        let inner = Arc::new(Inner {
+            pool,
+            registry,
+            on_invalidate,
+            waiting: Mutex::default(),
+            delivered: Mutex::default(),
+            presence_stale: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
         inner.heartbeat().await?;
         let listener = subscribe(&inner.pool).await?;
         tokio::spawn(listen(inner.clone(), listener));
+        tokio::spawn(share_presence(inner.clone(), feed));
         let beating = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -102,6 +132,9 @@ impl PgBus {
                 let Some(inner) = beating.upgrade() else { return };
                 if let Err(e) = inner.heartbeat().await {
                     tracing::warn!(error = %e, "cluster heartbeat failed");
+                }
+                if let Err(e) = inner.drop_dead_nodes().await {
+                    tracing::warn!(error = %e, "cluster: could not check for dead nodes");
                 }
             }
         });
@@ -115,13 +148,18 @@ impl Inner {
     }
 
     async fn heartbeat(&self) -> sqlx::Result<()> {
-        sqlx::query(
+        // `xmax = 0`: the row was inserted, not updated.
+        let inserted: bool = sqlx::query_scalar(
             "INSERT INTO nodes (name, started_at, heartbeat_at) VALUES ($1, now(), now())
-             ON CONFLICT (name) DO UPDATE SET heartbeat_at = now()",
+             ON CONFLICT (name) DO UPDATE SET heartbeat_at = now() RETURNING xmax = 0",
         )
         .bind(self.node())
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
+        if inserted && !self.registry.local_presence().is_empty() {
+            // Another node took this one for dead and deleted its presence.
+            self.presence_stale.store(true, Ordering::Release);
+        }
         sqlx::query("DELETE FROM bus_payloads WHERE created_at < now() - make_interval(secs => $1)")
             .bind(PAYLOAD_RETENTION.as_secs_f64())
             .execute(&self.pool)
@@ -172,7 +210,155 @@ impl Inner {
                 }
             }
             Body::SocketsReply { .. } => {}
+            Body::Presence { .. } | Body::PresenceReset if own => {}
+            Body::Presence { joins, leaves, sockets_changed } => {
+                self.registry.remote_presence(&envelope.origin, &joins, &leaves);
+                if sockets_changed {
+                    self.registry.sockets_changed_elsewhere();
+                }
+            }
+            Body::PresenceReset => {
+                if let Err(e) = self.load_presence(Some(&envelope.origin)).await {
+                    tracing::warn!(error = %e, node = %envelope.origin, "cluster: could not read a node's presence");
+                }
+                self.registry.sockets_changed_elsewhere();
+            }
+            Body::NodeGone { node } if node == self.node() => {
+                // Taken for dead while alive: the heartbeat re-registers it.
+                self.presence_stale.store(true, Ordering::Release);
+            }
+            Body::NodeGone { node } => {
+                self.registry.replace_remote_presence(&node, &[]);
+                self.registry.sockets_changed_elsewhere();
+            }
         }
+    }
+
+    /// Reads the other nodes' parts of presence (`only`: one node's) from the
+    /// table into this node's view; live nodes only.
+    async fn load_presence(&self, only: Option<&str>) -> sqlx::Result<()> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT p.node, p.room, p.member FROM presence p JOIN nodes n ON n.name = p.node
+             WHERE p.node <> $1 AND ($2::text IS NULL OR p.node = $2)
+               AND n.heartbeat_at > now() - make_interval(secs => $3)",
+        )
+        .bind(self.node())
+        .bind(only)
+        .bind(NODE_TIMEOUT.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut parts: BTreeMap<String, Vec<(String, Member)>> = BTreeMap::new();
+        match only {
+            Some(node) => drop(parts.insert(node.to_string(), Vec::new())),
+            None => parts.extend(self.registry.remote_nodes().into_iter().map(|node| (node, Vec::new()))),
+        }
+        for (node, room, member) in rows {
+            match serde_json::from_str::<Member>(&member) {
+                Ok(member) => parts.entry(node).or_default().push((room, member)),
+                Err(e) => tracing::warn!(error = %e, node, room, "cluster: unreadable presence row skipped"),
+            }
+        }
+        for (node, members) in parts {
+            self.registry.replace_remote_presence(&node, &members);
+        }
+        Ok(())
+    }
+
+    /// Deletes the nodes silent for [`NODE_TIMEOUT`] (their presence goes
+    /// with them) and tells the others; drops from this node's view every
+    /// node that is not alive, whoever deleted it.
+    async fn drop_dead_nodes(&self) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let dead: Vec<String> =
+            sqlx::query_scalar("DELETE FROM nodes WHERE heartbeat_at <= now() - make_interval(secs => $1) RETURNING name")
+                .bind(NODE_TIMEOUT.as_secs_f64())
+                .fetch_all(&mut *tx)
+                .await?;
+        for node in dead {
+            tracing::warn!(node, "cluster: a node went silent; dropping its sockets");
+            notify_on(&mut tx, &self.envelope(Body::NodeGone { node })).await?;
+        }
+        tx.commit().await?;
+        let live: BTreeSet<String> = self.live_nodes().await?.into_iter().collect();
+        let gone: Vec<String> = self.registry.remote_nodes().into_iter().filter(|node| !live.contains(node)).collect();
+        for node in &gone {
+            self.registry.replace_remote_presence(node, &[]);
+        }
+        if !gone.is_empty() {
+            self.registry.sockets_changed_elsewhere();
+        }
+        Ok(())
+    }
+
+    /// Writes a batch of this node's changes and tells the other nodes, in one transaction.
+    async fn share(&self, changes: &[NodeChange]) -> sqlx::Result<()> {
+        let mut last: BTreeMap<(&str, &str), Option<&Member>> = BTreeMap::new();
+        let mut sockets_changed = false;
+        for change in changes {
+            match change {
+                NodeChange::Joined { room, member } => drop(last.insert((room, &member.key), Some(member))),
+                NodeChange::Left { room, key } => drop(last.insert((room, key), None)),
+                NodeChange::SocketsChanged => sockets_changed = true,
+            }
+        }
+        let joins: Vec<(String, Member)> =
+            last.iter().filter_map(|((room, _), m)| m.map(|m| (room.to_string(), m.clone()))).collect();
+        let leaves: Vec<(String, String)> =
+            last.iter().filter(|(_, m)| m.is_none()).map(|((room, key), _)| (room.to_string(), key.to_string())).collect();
+        if joins.is_empty() && leaves.is_empty() && !sockets_changed {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        self.write_presence(&mut tx, &joins).await?;
+        if !leaves.is_empty() {
+            let (rooms, keys): (Vec<String>, Vec<String>) = leaves.iter().cloned().unzip();
+            sqlx::query(
+                "DELETE FROM presence p USING UNNEST($2::text[], $3::text[]) AS gone (room, key)
+                 WHERE p.node = $1 AND p.room = gone.room AND p.key = gone.key",
+            )
+            .bind(self.node())
+            .bind(rooms)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await?;
+        }
+        notify_on(&mut tx, &self.envelope(Body::Presence { joins, leaves, sockets_changed })).await?;
+        tx.commit().await
+    }
+
+    /// Rewrites this node's whole part of presence and tells the other nodes to read it.
+    async fn reset_presence(&self) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM presence WHERE node = $1").bind(self.node()).execute(&mut *tx).await?;
+        self.write_presence(&mut tx, &self.registry.local_presence()).await?;
+        notify_on(&mut tx, &self.envelope(Body::PresenceReset)).await?;
+        tx.commit().await
+    }
+
+    async fn write_presence(&self, conn: &mut PgConnection, members: &[(String, Member)]) -> sqlx::Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut rooms = Vec::with_capacity(members.len());
+        let mut keys = Vec::with_capacity(members.len());
+        let mut bodies = Vec::with_capacity(members.len());
+        for (room, member) in members {
+            rooms.push(room.clone());
+            keys.push(member.key.clone());
+            bodies.push(serde_json::to_string(member).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+        }
+        sqlx::query(
+            "INSERT INTO presence (node, room, key, member)
+             SELECT $1, here.room, here.key, here.member FROM UNNEST($2::text[], $3::text[], $4::text[]) AS here (room, key, member)
+             ON CONFLICT (node, room, key) DO UPDATE SET member = excluded.member",
+        )
+        .bind(self.node())
+        .bind(rooms)
+        .bind(keys)
+        .bind(bodies)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 
     /// Delivers a room message after any this node missed before it; drops
@@ -214,8 +400,12 @@ impl Inner {
         }
     }
 
-    /// After a reconnect: every room with sockets here gets what it missed.
+    /// After a reconnect: the other nodes' presence is read again, and every
+    /// room with sockets here gets the messages it missed.
     async fn resync(&self) {
+        if let Err(e) = self.load_presence(None).await {
+            tracing::warn!(error = %e, "cluster: could not read the other nodes' presence");
+        }
         for (room, floor) in self.registry.room_floors() {
             let after = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&room).copied().unwrap_or(floor);
             self.replay(&room, after, i64::MAX).await;
@@ -249,6 +439,32 @@ impl Inner {
     }
 }
 
+/// The task that shares this node's changes ([`Registry::cluster_feed`]) in
+/// order, a batch per transaction. After a failed write it rewrites this
+/// node's whole part once the database answers (checked every [`HEARTBEAT`]).
+async fn share_presence(inner: Arc<Inner>, mut feed: mpsc::UnboundedReceiver<NodeChange>) {
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        if let Ok(0) = tokio::time::timeout(HEARTBEAT, feed.recv_many(&mut batch, PRESENCE_BATCH)).await {
+            return;
+        }
+        if inner.stopping.load(Ordering::Acquire) {
+            continue;
+        }
+        // A rewrite covers the batch too: the registry already holds its changes.
+        let shared = if inner.presence_stale.swap(false, Ordering::AcqRel) {
+            inner.reset_presence().await
+        } else {
+            inner.share(&batch).await
+        };
+        if let Err(e) = shared {
+            tracing::warn!(error = %e, "cluster: could not share this node's presence; rewriting it when the database is back");
+            inner.presence_stale.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// A listener connection subscribed to [`CHANNEL`].
 async fn subscribe(pool: &PgPool) -> sqlx::Result<PgListener> {
     let mut listener = PgListener::connect_with(pool).await?;
@@ -261,6 +477,10 @@ async fn subscribe(pool: &PgPool) -> sqlx::Result<PgListener> {
 /// it drops its caches, listens again (backoff 0.25 s doubling to 5 s), and
 /// replays the room messages its sockets missed.
 async fn listen(inner: Arc<Inner>, mut listener: PgListener) {
+    // Subscribed first, so no change made after this read is missed.
+    if let Err(e) = inner.load_presence(None).await {
+        tracing::warn!(error = %e, "cluster: could not read the other nodes' presence");
+    }
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
@@ -406,7 +626,15 @@ impl Bus for PgBus {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         async move {
             let inner = &self.inner;
-            if let Err(e) = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(inner.node()).execute(&inner.pool).await {
+            inner.stopping.store(true, Ordering::Release);
+            let deregistered = async {
+                let mut tx = inner.pool.begin().await?;
+                // Its presence rows go with it (ON DELETE CASCADE).
+                sqlx::query("DELETE FROM nodes WHERE name = $1").bind(inner.node()).execute(&mut *tx).await?;
+                notify_on(&mut tx, &inner.envelope(Body::NodeGone { node: inner.node().to_string() })).await?;
+                tx.commit().await
+            };
+            if let Err(e) = deregistered.await {
                 tracing::warn!(error = %e, "cluster: could not deregister this node");
             }
         }

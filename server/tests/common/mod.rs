@@ -235,8 +235,12 @@ impl Socket {
     }
 
     async fn read_frame(&mut self) -> Value {
+        self.read_frame_within(PATIENCE).await
+    }
+
+    async fn read_frame_within(&mut self, patience: Duration) -> Value {
         loop {
-            let message = tokio::time::timeout(PATIENCE, self.stream.next())
+            let message = tokio::time::timeout(patience, self.stream.next())
                 .await
                 .expect("a frame within the patience")
                 .expect("the socket is open")
@@ -280,12 +284,21 @@ impl Socket {
         self.next_matching(|frame| frame["type"] == "event" && frame["topic"] == topic).await
     }
 
+    /// [`Socket::next_of`] for what may take longer than [`PATIENCE`] to come.
+    pub async fn next_of_within(&mut self, kind: &str, patience: Duration) -> Value {
+        self.next_matching_within(|frame| frame["type"] == kind, patience).await
+    }
+
     async fn next_matching(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        self.next_matching_within(wanted, PATIENCE).await
+    }
+
+    async fn next_matching_within(&mut self, wanted: impl Fn(&Value) -> bool, patience: Duration) -> Value {
         if let Some(at) = self.skipped.iter().position(&wanted) {
             return self.skipped.remove(at).unwrap();
         }
         loop {
-            let frame = self.read_frame().await;
+            let frame = self.read_frame_within(patience).await;
             if wanted(&frame) {
                 return frame;
             }
