@@ -52,7 +52,7 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use auth::sessions::SessionCache;
-use auth::throttle::LoginThrottle;
+use auth::throttle::{LoginThrottle, SharedThrottle, Throttle};
 use auth::token::Keys;
 use config::Settings;
 use connections::ConnectionLimits;
@@ -69,7 +69,7 @@ pub struct AppState {
     pub socket_timeouts: ws::SocketTimeouts,
     /// Everything that changes what sockets receive, on this node and the others.
     pub bus: Arc<dyn bus::Bus>,
-    pub throttle: Arc<LoginThrottle>,
+    pub throttle: Arc<Throttle>,
     pub sessions: Arc<SessionCache>,
     /// Registration and room creation rates.
     pub rate_limits: Arc<RateLimits>,
@@ -127,7 +127,15 @@ impl AppState {
         telemetry::handle();
         let decoy_hash = auth::password::decoy().await.map_err(|e| StartupError::Other(e.to_string()))?;
         let registry = Arc::new(Registry::new(settings.allow_guests, settings.limits.socket_queue_frames));
-        let sessions = Arc::new(SessionCache::new(settings.limits.session_recheck));
+        // On a shared database another node may revoke a session at any
+        // moment and its notification takes a while to arrive, so no node
+        // trusts a cached session there: a logout ends the cookie on every
+        // node at once (PROTOCOL.md "Users and sessions").
+        let session_recheck = match &db {
+            db::Db::Sqlite(_) => settings.limits.session_recheck,
+            db::Db::Postgres(_) => Duration::ZERO,
+        };
+        let sessions = Arc::new(SessionCache::new(session_recheck));
         let on_invalidate: bus::InvalidationHook = {
             let sessions = sessions.clone();
             Arc::new(move |stale: &bus::Invalidation| match stale {
@@ -144,13 +152,17 @@ impl AppState {
                     .map_err(|e| StartupError::Other(format!("DATABASE_URL: cannot join the cluster: {e}")))?,
             ),
         };
+        let throttle = Arc::new(match &db {
+            db::Db::Sqlite(_) => Throttle::Local(LoginThrottle::default()),
+            db::Db::Postgres(pool) => Throttle::Shared(SharedThrottle::new(pool.clone())),
+        });
         Ok(AppState {
             db,
             keys: Arc::new(Keys::new(&secret)),
             registry,
             bus,
             socket_timeouts: ws::SocketTimeouts::from_limits(&settings.limits),
-            throttle: Arc::default(),
+            throttle,
             sessions,
             rate_limits: Arc::new(RateLimits::new(&settings.limits)),
             connections: Arc::new(ConnectionLimits::new(&settings)),

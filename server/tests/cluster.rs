@@ -169,14 +169,15 @@ async fn a_logout_on_one_node_unbinds_the_session_on_the_others_and_the_cookie_d
     let (status, _, _) = post(&cluster[0], "/api/auth/logout", json!({}), Some(&ann)).await;
     assert_eq!(status, 204);
     let answered = asked.elapsed();
+    // At once: before B and C have even heard of it, the cookie fails there.
+    for node in &cluster.nodes {
+        assert_eq!(get(node, "/api/auth/me", Some(&ann)).await.0, 401, "the revoked cookie fails on every node at once");
+    }
     for socket in [&mut on_b, &mut on_c] {
         let unbound = socket.next_of("unbound").await;
         assert_eq!(unbound["reason"], "logout", "{unbound}");
     }
     eprintln!("logout: HTTP answer {answered:?}, unbound on B and C {:?} after the request", asked.elapsed());
-    for node in &cluster.nodes {
-        assert_eq!(get(node, "/api/auth/me", Some(&ann)).await.0, 401, "the revoked cookie fails on every node");
-    }
     let (_, welcome) = socket_to(cluster[1].addr, Some(&ann)).await;
     assert_eq!(welcome["user"], Value::Null, "a new socket with the dead cookie is a guest: {welcome}");
 }
@@ -268,6 +269,24 @@ async fn presence_is_cluster_wide_a_user_is_one_member_on_every_node() {
     // She leaves on B too: now she is gone, for every node.
     ann_b.hang_up().await;
     assert_eq!(next_diff(&mut watcher, common::PATIENCE).await, (vec![], vec![ann_key]));
+}
+
+#[tokio::test]
+async fn login_throttling_counts_across_nodes() {
+    let cluster = nodes(3, &[]).await;
+    cluster[0].register("ann@x.io").await;
+    // Ten failures for one email, spread over three nodes...
+    for i in 0..10 {
+        let wrong = json!({"email": "Ann@x.io", "password": "wrong password"});
+        let (status, _, body) = post(&cluster[i % 3], "/api/auth/login", wrong, None).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // ...lock it on every node, even with the right password.
+    for node in &cluster.nodes {
+        let (status, head, body) = post(node, "/api/auth/login", json!({"email": "ann@x.io", "password": PASSWORD}), None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+        assert!(head.to_ascii_lowercase().contains("retry-after: "), "{head}");
+    }
 }
 
 /// The admin view's sockets, by node.

@@ -165,7 +165,7 @@ async fn login(
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let email = body.email.trim();
-    state.throttle.attempt(ip, email).map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+    state.throttle.attempt(ip, email).await?.map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
     if throttle::throttle_key(email).is_none() {
         // No account can have this email (registration checks the same
         // syntax), and saying so early reveals nothing: skip the hashing.
@@ -176,10 +176,10 @@ async fn login(
     let stored = credentials.as_ref().map_or_else(|| state.decoy_hash.to_string(), |c| c.password_hash.clone());
     let verified = password::verify(body.password, stored).await?;
     let Some(credentials) = credentials.filter(|_| verified) else {
-        state.throttle.failed(ip, email);
+        state.throttle.failed(ip, email).await?;
         return Err(ApiError::BadCredentials);
     };
-    state.throttle.succeeded(email);
+    state.throttle.succeeded(email).await?;
     let mut user = credentials.user;
     // Configuration wins over a stored demotion.
     if user.role != Role::Admin && state.settings.is_admin_email(&user.email) {

@@ -2,10 +2,11 @@
 //! request costs no database round trip once a session was seen.
 //!
 //! Every change to a session or its user made through this server
-//! invalidates here at once. A change made elsewhere (another node, or the
-//! database edited directly) shows within the recheck interval
-//! (`session-recheck-secs`, [`crate::config::Limits::session_recheck`]): a
-//! cached entry older than that is read again from the database.
+//! invalidates here at once. A change made elsewhere (the database edited
+//! directly) shows within the recheck interval (`session-recheck-secs`,
+//! [`crate::config::Limits::session_recheck`]): a cached entry older than
+//! that is read again from the database. On Postgres, where other nodes
+//! change sessions too, the interval is zero: every lookup reads the database.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

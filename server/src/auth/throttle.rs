@@ -1,5 +1,9 @@
 //! Login throttling: per email (failures) and per client address (attempts).
 //!
+//! [`Throttle::Local`] counts in this process ([`LoginThrottle`], one node on
+//! SQLite); [`Throttle::Shared`] counts in Postgres tables
+//! ([`SharedThrottle`]), so the limits hold across every node of a cluster.
+//!
 //! Rules (PROTOCOL.md, login row): 10 failed attempts for one email within 15
 //! minutes lock that email for every address until the oldest of them is 15
 //! minutes old; 60 attempts a minute from one client address lock that
@@ -20,6 +24,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
 
 use crate::extract::client_key;
 
@@ -212,6 +218,130 @@ impl LoginThrottle {
     pub fn bytes(&self) -> usize {
         let failures = lock(&self.failures);
         failures.by_email.iter().map(|(email, r)| email.len() + r.times.capacity() * size_of::<Instant>()).sum()
+    }
+}
+
+/// The login throttle of this deployment: in memory on one node, in the
+/// database when nodes share one. `Ok(Err(seconds))`: over a limit, retry
+/// after that many seconds; `Err`: the database is unreachable.
+pub enum Throttle {
+    Local(LoginThrottle),
+    Shared(SharedThrottle),
+}
+
+impl Throttle {
+    /// Counts one attempt from `address` for `email`.
+    pub async fn attempt(&self, address: IpAddr, email: &str) -> sqlx::Result<Result<(), u64>> {
+        match self {
+            Throttle::Local(local) => Ok(local.attempt(address, email)),
+            Throttle::Shared(shared) => shared.attempt(address, email).await,
+        }
+    }
+
+    /// Records a failed login for `email` from `address`.
+    pub async fn failed(&self, address: IpAddr, email: &str) -> sqlx::Result<()> {
+        match self {
+            Throttle::Local(local) => Ok(local.failed(address, email)),
+            Throttle::Shared(shared) => shared.failed(email).await,
+        }
+    }
+
+    /// A right password: the email's failures are forgotten.
+    pub async fn succeeded(&self, email: &str) -> sqlx::Result<()> {
+        match self {
+            Throttle::Local(local) => Ok(local.succeeded(email)),
+            Throttle::Shared(shared) => shared.succeeded(email).await,
+        }
+    }
+}
+
+/// How long until there is room under a limit again, in whole seconds (as
+/// [`LoginThrottle`] rounds): a row only when the key is over the limit.
+/// `$1` the key, `$2` the limit, `$3` the window in seconds.
+const ATTEMPTS_WAIT_SQL: &str = "SELECT FLOOR(EXTRACT(EPOCH FROM min(at) + make_interval(secs => $3) - now()))::BIGINT + 1
+     FROM (SELECT at FROM login_attempts WHERE address = $1 AND at > now() - make_interval(secs => $3)
+           ORDER BY at DESC LIMIT $2) recent
+     HAVING count(*) >= $2";
+const FAILURES_WAIT_SQL: &str = "SELECT FLOOR(EXTRACT(EPOCH FROM min(at) + make_interval(secs => $3) - now()))::BIGINT + 1
+     FROM (SELECT at FROM login_failures WHERE email = $1 AND at > now() - make_interval(secs => $3)
+           ORDER BY at DESC LIMIT $2) recent
+     HAVING count(*) >= $2";
+
+/// The same rules as [`LoginThrottle`], counted in `login_attempts` and
+/// `login_failures` (migration 0005) by every node, on the database's clock.
+/// An address's count and insert happen under a transaction-scoped advisory
+/// lock on it, so nodes racing on one address cannot both pass the limit.
+/// Rows out of their window are deleted every minute.
+pub struct SharedThrottle {
+    pool: PgPool,
+}
+
+impl SharedThrottle {
+    /// Also starts the task that deletes rows out of their window.
+    pub fn new(pool: PgPool) -> SharedThrottle {
+        let sweeping = pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ADDRESS_WINDOW);
+            loop {
+                tick.tick().await;
+                let swept = async {
+                    sqlx::query("DELETE FROM login_attempts WHERE at <= now() - make_interval(secs => $1)")
+                        .bind(ADDRESS_WINDOW.as_secs_f64())
+                        .execute(&sweeping)
+                        .await?;
+                    sqlx::query("DELETE FROM login_failures WHERE at <= now() - make_interval(secs => $1)")
+                        .bind(EMAIL_WINDOW.as_secs_f64())
+                        .execute(&sweeping)
+                        .await
+                };
+                if let Err(e) = swept.await {
+                    tracing::warn!(error = %e, "login throttle: could not delete old rows");
+                }
+            }
+        });
+        SharedThrottle { pool }
+    }
+
+    async fn attempt(&self, address: IpAddr, email: &str) -> sqlx::Result<Result<(), u64>> {
+        let address = client_key(address).to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('login:' || $1))").bind(&address).execute(&mut *tx).await?;
+        let wait: Option<i64> = sqlx::query_scalar(ATTEMPTS_WAIT_SQL)
+            .bind(&address)
+            .bind(ADDRESS_ATTEMPTS as i64)
+            .bind(ADDRESS_WINDOW.as_secs_f64())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(wait) = wait {
+            return Ok(Err(wait.max(1) as u64));
+        }
+        sqlx::query("INSERT INTO login_attempts (address) VALUES ($1)").bind(&address).execute(&mut *tx).await?;
+        tx.commit().await?;
+        let Some(key) = throttle_key(email) else { return Ok(Ok(())) };
+        let wait: Option<i64> = sqlx::query_scalar(FAILURES_WAIT_SQL)
+            .bind(&key)
+            .bind(EMAIL_FAILURES as i64)
+            .bind(EMAIL_WINDOW.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(wait.map_or(Ok(()), |wait| Err(wait.max(1) as u64)))
+    }
+
+    async fn failed(&self, email: &str) -> sqlx::Result<()> {
+        let Some(key) = throttle_key(email) else { return Ok(()) };
+        sqlx::query("INSERT INTO login_failures (email) VALUES ($1)").bind(key).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn succeeded(&self, email: &str) -> sqlx::Result<()> {
+        let Some(key) = throttle_key(email) else { return Ok(()) };
+        sqlx::query("DELETE FROM login_failures WHERE email = $1").bind(key).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Emails with failures recorded now.
+    pub async fn recorded_emails(&self) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT count(DISTINCT email) FROM login_failures").fetch_one(&self.pool).await
     }
 }
 
