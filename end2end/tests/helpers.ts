@@ -109,3 +109,24 @@ export async function submitLogin(page: Page, email: string, password: string): 
 export const header = (page: Page): Locator => page.getByRole('banner');
 export const headerLink = (page: Page, name: string): Locator =>
   header(page).getByRole('link', { name, exact: true });
+
+/** A room page's messages and member list. */
+export const messages = (page: Page): Locator => page.getByTestId('message');
+export const presence = (page: Page): Locator => page.getByTestId('presence').locator('li');
+
+/** The message with this text, which must come from `from`. */
+export async function expectMessage(page: Page, from: string, text: string): Promise<void> {
+  const item = messages(page).filter({ has: page.locator('.text', { hasText: text }) });
+  await expect(item).toHaveCount(1);
+  await expect(item.locator('.from')).toHaveText(from);
+  await expect(item.locator('.text')).toHaveText(text);
+}
+
+/** Sends `text` from a room page and waits for the server's ack. */
+export async function send(page: Page, text: string): Promise<void> {
+  const input = page.getByTestId('message-input');
+  await input.fill(text);
+  await page.getByRole('button', { name: 'Send' }).click();
+  // The draft clears once the server acknowledged the message.
+  await expect(input).toHaveValue('');
+}

@@ -1,34 +1,20 @@
 // Issue "Rooms": create and join rooms, chat with server-stamped senders,
 // presence, guests reading along and logging in without leaving the room.
-import { expect, test, type Browser, type BrowserContext, type Page } from '@playwright/test';
+import { expect, test, type Browser, type BrowserContext } from '@playwright/test';
 import {
+  expectMessage,
   logEntries,
+  messages,
   newAccount,
+  presence,
   registerViaApi,
+  send,
   socketIdOf,
   submitLogin,
   waitOnlineAs,
   waitOnlineAsGuest,
 } from './helpers';
 
-const messages = (page: Page) => page.getByTestId('message');
-const presence = (page: Page) => page.getByTestId('presence').locator('li');
-
-/** The message with this text, which must come from `from`. */
-async function expectMessage(page: Page, from: string, text: string): Promise<void> {
-  const item = messages(page).filter({ has: page.locator('.text', { hasText: text }) });
-  await expect(item).toHaveCount(1);
-  await expect(item.locator('.from')).toHaveText(from);
-  await expect(item.locator('.text')).toHaveText(text);
-}
-
-async function send(page: Page, text: string): Promise<void> {
-  const input = page.getByTestId('message-input');
-  await input.fill(text);
-  await page.getByRole('button', { name: 'Send' }).click();
-  // The draft clears once the server acknowledged the message.
-  await expect(input).toHaveValue('');
-}
 
 test.describe('rooms', () => {
   const contexts: BrowserContext[] = [];

@@ -20,8 +20,11 @@ scenarios:
   fanout     --sizes 2000,5000,10000 --rounds R (50) --gap-ms G (60) --users U (8)
   rebind     --sockets N (10000) --rebinders K (500) --cycles C (2000) --users U (200)
   soak       --sockets N (5000) --duration SECS (600) --ping-every SECS (10) --users U (200)
+  room-rate  --rates 500,1000,2000,4000 --receivers R (10) --step SECS (10)
 common:
   --url http://HOST:PORT   use a running server instead of starting target/release/server
+  --also-url URL[,URL]     with --url: other nodes of the same cluster; sockets are spread over all
+  --nodes N                start N server nodes on one DATABASE_URL (a Postgres) and spread sockets over them
   --server-pid PID         with --url: the server's pid, for RSS and CPU figures
   --server-bin PATH        server binary (default: target/release/server of this workspace)
   --per-process N          sockets per worker process (default 10000; the hard open-files limit is per process)
@@ -120,24 +123,22 @@ fn main() {
 
 async fn run(args: &Args, pin: bool, gen_cpu: usize, nofile: u64) -> Result<(), String> {
     let root = workspace_root();
-    let mut server = None;
+    let mut servers: Vec<ServerProcess> = Vec::new();
     let (endpoint, server_pid, server_cmd) = match args.values.get("url") {
         Some(url) => {
-            let hostport = url.trim_start_matches("http://").trim_end_matches('/');
-            let addr = tokio::net::lookup_host(hostport).await.map_err(|e| e.to_string())?.next().ok_or("bad --url")?;
-            if !addr.ip().is_loopback() {
-                return Err("--url must be a loopback address (traffic stays on 127.0.0.0/8)".into());
-            }
             let pid = args.values.get("server-pid").and_then(|p| p.parse().ok());
-            (Endpoint { addr, origin: url.trim_end_matches('/').to_string() }, pid, format!("(running server at {url})"))
+            (loopback_endpoint(url).await?, pid, format!("(running server at {url})"))
         }
         None => {
             let bin = args.values.get("server-bin").map(PathBuf::from).unwrap_or_else(|| root.join("target/release/server"));
-            let mut process = ServerProcess::start(&bin, &root, pin.then_some(0)).map_err(|e| e.to_string())?;
-            process.wait_ready(Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
-            let out = (Endpoint::new(process.addr), Some(process.pid), process.command.clone());
-            server = Some(process);
-            out
+            // Several nodes share DATABASE_URL (a Postgres); all on the server CPU.
+            for _ in 0..args.count("nodes", 1)?.max(1) {
+                let mut process = ServerProcess::start(&bin, &root, pin.then_some(0)).map_err(|e| e.to_string())?;
+                process.wait_ready(Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
+                servers.push(process);
+            }
+            let first = &servers[0];
+            (Endpoint::new(first.addr), Some(first.pid), first.command.clone())
         }
     };
     let argv: Vec<String> = std::env::args().collect();
@@ -154,9 +155,16 @@ async fn run(args: &Args, pin: bool, gen_cpu: usize, nofile: u64) -> Result<(), 
     eprintln!("loadgen: server {server_cmd}");
     eprintln!("loadgen: generator {gen_cmd}");
     let mut bench = Bench::new(endpoint, server_pid, layout);
+    bench.others.extend(servers.iter().skip(1).map(|s| Endpoint::new(s.addr)));
+    if let Some(urls) = args.values.get("also-url") {
+        for url in urls.split(',').filter(|u| !u.is_empty()) {
+            bench.others.push(loopback_endpoint(url).await?);
+        }
+    }
+    let nodes = bench.endpoints().len();
     let result = scenario(args, &mut bench).await;
     bench.shutdown().await;
-    if let Some(server) = server {
+    for server in servers {
         let evictions = server.evictions();
         if evictions > 0 {
             eprintln!("loadgen: the server evicted {evictions} slow sockets (outbound queue full)");
@@ -169,8 +177,9 @@ async fn run(args: &Args, pin: bool, gen_cpu: usize, nofile: u64) -> Result<(), 
     let rows = result?;
     let mut out = String::new();
     let backend = match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => "Postgres",
-        _ => "SQLite",
+        Ok(url) if url.starts_with("postgres") && nodes > 1 => format!("Postgres, {nodes} nodes"),
+        Ok(url) if url.starts_with("postgres") => "Postgres".to_string(),
+        _ => "SQLite".to_string(),
     };
     for (scenario, n, result, yardstick, target, met) in rows {
         let scenario = format!("{scenario} ({backend})");
@@ -193,6 +202,16 @@ async fn run(args: &Args, pin: bool, gen_cpu: usize, nofile: u64) -> Result<(), 
 }
 
 type Row = (String, String, String, String, String, Option<bool>);
+
+/// The endpoint of `http://HOST:PORT`, which must be a loopback address.
+async fn loopback_endpoint(url: &str) -> Result<Endpoint, String> {
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let addr = tokio::net::lookup_host(hostport).await.map_err(|e| e.to_string())?.next().ok_or("bad --url")?;
+    if !addr.ip().is_loopback() {
+        return Err("--url must be a loopback address (traffic stays on 127.0.0.0/8)".into());
+    }
+    Ok(Endpoint { addr, origin: url.trim_end_matches('/').to_string() })
+}
 
 /// The result cell of a rate scenario; its errors go to stderr.
 fn rate_result(scenario: &str, r: &scenarios::RateReport, plural: &str, singular: &str) -> String {
@@ -363,6 +382,46 @@ async fn scenario(args: &Args, bench: &mut Bench) -> Result<Vec<Row>, String> {
                 "0 dropped".into(),
                 met,
             )])
+        }
+        "room-rate" => {
+            let rates: Vec<usize> = args
+                .values
+                .get("rates")
+                .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![500, 1000, 2000, 4000]);
+            let receivers = args.count("receivers", 10)?;
+            let steps = scenarios::room_rate(bench, &rates, receivers, args.secs("step", 10.0)?).await?;
+            // Sustained: every acked message delivered, none refused, and the
+            // p99 within 10 ms of the gentlest step's.
+            let base_p99 = steps.first().map(|s| percentile(&s.lat_us, 99.0)).unwrap_or(0);
+            let held = |s: &scenarios::RateStep| {
+                s.refused == 0 && s.delivered == s.expected && percentile(&s.lat_us, 99.0) <= base_p99 + 10_000
+            };
+            let sustained = steps.iter().take_while(|s| held(s)).map(|s| s.acked_per_sec()).fold(0.0, f64::max);
+            let mut rows = Vec::new();
+            for s in &steps {
+                let result = format!(
+                    "{:.0} msgs/s acked ({} refused) by {} senders; send → receipt p50 {:.2} / p99 {:.2} / max {:.2} ms; {}/{} delivered{}",
+                    s.acked_per_sec(),
+                    s.refused,
+                    s.senders,
+                    ms(percentile(&s.lat_us, 50.0)),
+                    ms(percentile(&s.lat_us, 99.0)),
+                    ms(s.lat_us.last().copied().unwrap_or(0)),
+                    s.delivered,
+                    s.expected,
+                    if held(s) { "" } else { " (**not sustained**)" }
+                );
+                rows.push((
+                    "room-rate".into(),
+                    format!("{} msgs/s offered, {receivers} receivers", s.offered),
+                    result,
+                    format!("sustained: **{sustained:.0} msgs/s**"),
+                    "≥ 2,000 msgs/s".into(),
+                    Some(sustained >= 2000.0),
+                ));
+            }
+            Ok(rows)
         }
         other => Err(format!("unknown scenario {other}\n{USAGE}")),
     }

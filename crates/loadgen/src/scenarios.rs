@@ -44,6 +44,10 @@ impl Default for Layout {
 
 pub struct Bench {
     pub endpoint: Endpoint,
+    /// Other nodes of the same cluster: sockets are spread over `endpoint`
+    /// and these, a batch each in turn (`--also-url`).
+    pub others: Vec<Endpoint>,
+    batches: usize,
     pub server_pid: Option<u32>,
     pub layout: Layout,
     pub shards: Vec<Shard>,
@@ -79,6 +83,8 @@ impl Bench {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         Bench {
             endpoint,
+            others: Vec::new(),
+            batches: 0,
             server_pid,
             layout,
             shards: Vec::new(),
@@ -88,6 +94,18 @@ impl Bench {
             run_tag: format!("{:x}", nanos % 0xffff_ffff),
             registered: 0,
         }
+    }
+
+    /// Every node: `endpoint` first.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        std::iter::once(self.endpoint.clone()).chain(self.others.iter().cloned()).collect()
+    }
+
+    /// The node the next batch of sockets goes to, in turn.
+    fn next_batch_endpoint(&mut self) -> Endpoint {
+        let all = self.endpoints();
+        self.batches += 1;
+        all[(self.batches - 1) % all.len()].clone()
     }
 
     pub fn rss_kib(&self) -> Option<u64> {
@@ -186,6 +204,7 @@ impl Bench {
         let mut left = count;
         let mut asked = Vec::new();
         let started = Instant::now();
+        let endpoint = self.next_batch_endpoint();
         let mut i = 0;
         while left > 0 {
             if i == self.shards.len() {
@@ -195,7 +214,7 @@ impl Bench {
             let take = room_in_shard.min(left);
             if take > 0 {
                 let spec = OpenSpec {
-                    endpoint: self.endpoint.clone(),
+                    endpoint: endpoint.clone(),
                     count: take,
                     first_index: self.next_index,
                     cookies: cookies.to_vec(),
@@ -775,4 +794,147 @@ pub async fn soak(bench: &mut Bench, sockets: usize, users: usize, duration: Dur
         ping_missing,
         close_reasons: checked.close_reasons,
     })
+}
+
+/// One step of [`room_rate`]: a room receiving `offered` messages a second.
+#[derive(Debug, Clone)]
+pub struct RateStep {
+    pub offered: usize,
+    pub senders: usize,
+    pub acked: usize,
+    pub refused: usize,
+    pub delivered: usize,
+    pub expected: usize,
+    /// Send → receipt on every receiver, µs, sorted.
+    pub lat_us: Vec<u64>,
+    pub elapsed: Duration,
+}
+
+impl RateStep {
+    pub fn acked_per_sec(&self) -> f64 {
+        self.acked as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Each sender socket sends at most this many messages a second (PROTOCOL.md
+/// allows 20 frames a second per socket).
+pub const SENDS_PER_SOCKET: usize = 16;
+
+/// The sustained room-message rate: one room with `receivers` sockets spread
+/// over every node; for each rate of `rates`, enough bound sender sockets
+/// (also spread over the nodes, at most [`SENDS_PER_SOCKET`] each, paced) send
+/// into it for `step`, and every receipt's latency from its send is recorded.
+pub async fn room_rate(bench: &mut Bench, rates: &[usize], receivers: usize, step: Duration) -> Result<Vec<RateStep>, String> {
+    let accounts = bench.register_users(20).await?;
+    let room = http::create_room(bench.endpoint.addr, &accounts[0].cookie, "rate").await.map_err(|e| e.to_string())?;
+    let endpoints = bench.endpoints();
+    // Receipts by step: (step, latency µs).
+    let receipts: Arc<std::sync::Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for i in 0..receivers {
+        let source = bench.next_source();
+        let mut ws = ws::connect(&endpoints[i % endpoints.len()], source, Some(&accounts[i % accounts.len()].cookie), false).await?.ws;
+        ws::request(&mut ws, &ClientFrame::Join { room: room.clone(), since: None }, 1).await?.map_err(|e| format!("receiver join: {}", e.code))?;
+        let receipts = receipts.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = ws.next().await {
+                let Message::Text(text) = message else { continue };
+                if !text.as_str().starts_with(r#"{"type":"message""#) {
+                    continue;
+                }
+                let now = sys::mono_ns();
+                if let Ok(tether_protocol::ServerFrame::Message(m)) = serde_json::from_str(text.as_str()) {
+                    if let Some((step, sent)) = m.text.split_once(':') {
+                        if let (Ok(step), Ok(sent)) = (step.parse::<usize>(), sent.parse::<u64>()) {
+                            receipts.lock().unwrap().push((step, now.saturating_sub(sent) / 1000));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut senders = Vec::new();
+    let mut steps = Vec::new();
+    for (index, &rate) in rates.iter().enumerate() {
+        let want = rate.div_ceil(SENDS_PER_SOCKET).max(1);
+        while senders.len() < want {
+            let i = senders.len();
+            let source = bench.next_source();
+            let mut ws = ws::connect(&endpoints[i % endpoints.len()], source, Some(&accounts[i % accounts.len()].cookie), false).await?.ws;
+            ws::request(&mut ws, &ClientFrame::Join { room: room.clone(), since: None }, 1).await?.map_err(|e| format!("sender join: {}", e.code))?;
+            senders.push(ws);
+        }
+        let every = Duration::from_secs_f64(want as f64 / rate as f64);
+        let started = Instant::now();
+        let mut running = Vec::new();
+        for (i, mut ws) in senders.drain(..).enumerate() {
+            let room = room.clone();
+            running.push(tokio::spawn(async move {
+                let (mut acked, mut refused, mut sent) = (0usize, 0usize, 0usize);
+                // Senders start spread over one interval, not all at once.
+                let first = tokio::time::Instant::now() + every.mul_f64(i as f64 / want as f64);
+                let mut tick = tokio::time::interval_at(first, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let until = tokio::time::Instant::now() + step;
+                let mut reference = 10i64;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick(), if tokio::time::Instant::now() < until => {
+                            reference += 1;
+                            let text = format!("{index}:{}", sys::mono_ns());
+                            if ws::send(&mut ws, &ClientFrame::Send { room: room.clone(), text }, reference).await.is_err() {
+                                break;
+                            }
+                            sent += 1;
+                        }
+                        incoming = ws.next() => match incoming {
+                            Some(Ok(Message::Text(t))) if t.as_str().starts_with(r#"{"type":"ack""#) => {
+                                if t.as_str().contains(r#""ok":true"#) { acked += 1 } else { refused += 1 }
+                                if tokio::time::Instant::now() >= until && acked + refused >= sent {
+                                    break;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                        _ = tokio::time::sleep_until(until + ws::PATIENCE) => break,
+                    }
+                }
+                (ws, acked, refused)
+            }));
+        }
+        let (mut acked, mut refused) = (0, 0);
+        for task in running {
+            let (ws, a, r) = task.await.map_err(|e| e.to_string())?;
+            acked += a;
+            refused += r;
+            senders.push(ws);
+        }
+        let elapsed = started.elapsed();
+        // Every acked message reaches every receiver (and the senders, not counted).
+        let expected = acked * receivers;
+        let deadline = Instant::now() + ws::PATIENCE;
+        let lat_us = loop {
+            let got: Vec<u64> = receipts.lock().unwrap().iter().filter(|(s, _)| *s == index).map(|(_, l)| *l).collect();
+            if got.len() >= expected || Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut lat_us = lat_us;
+        lat_us.sort_unstable();
+        eprintln!(
+            "room rate {rate}/s: {} senders, {acked} acked ({refused} refused) in {:.1} s, {}/{} delivered, p99 {} µs",
+            want,
+            elapsed.as_secs_f64(),
+            lat_us.len(),
+            expected,
+            percentile(&lat_us, 99.0)
+        );
+        steps.push(RateStep { offered: rate, senders: want, acked, refused, delivered: lat_us.len(), expected, lat_us, elapsed });
+    }
+    for task in tasks {
+        task.abort();
+    }
+    Ok(steps)
 }
