@@ -796,7 +796,7 @@ pub async fn soak(bench: &mut Bench, sockets: usize, users: usize, duration: Dur
     })
 }
 
-/// One step of [`room_rate`]: a room receiving `offered` messages a second.
+/// One step of [`room_rate`]: the cluster receiving `offered` room messages a second.
 #[derive(Debug, Clone)]
 pub struct RateStep {
     pub offered: usize,
@@ -820,21 +820,30 @@ impl RateStep {
 /// allows 20 frames a second per socket).
 pub const SENDS_PER_SOCKET: usize = 16;
 
-/// The sustained room-message rate: one room with `receivers` sockets spread
-/// over every node; for each rate of `rates`, enough bound sender sockets
-/// (also spread over the nodes, at most [`SENDS_PER_SOCKET`] each, paced) send
-/// into it for `step`, and every receipt's latency from its send is recorded.
-pub async fn room_rate(bench: &mut Bench, rates: &[usize], receivers: usize, step: Duration) -> Result<Vec<RateStep>, String> {
+/// The sustained room-message rate of the cluster: `rooms` rooms, each with
+/// `receivers` listening sockets spread over every node; for each rate of
+/// `rates`, enough bound sender sockets (at most [`SENDS_PER_SOCKET`] each,
+/// paced, spread over the rooms and the nodes) send for `step`, and every
+/// receipt's latency from its send is recorded. Rooms, not one room: the
+/// per-socket frame rate needs 100+ senders for 2,000 messages a second, and
+/// in one room each of them would receive all of them.
+pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receivers: usize, step: Duration) -> Result<Vec<RateStep>, String> {
     let accounts = bench.register_users(20).await?;
-    let room = http::create_room(bench.endpoint.addr, &accounts[0].cookie, "rate").await.map_err(|e| e.to_string())?;
     let endpoints = bench.endpoints();
+    let mut codes = Vec::new();
+    for r in 0..rooms.max(1) {
+        let owner = &accounts[r % accounts.len()].cookie;
+        codes.push(http::create_room(endpoints[r % endpoints.len()].addr, owner, &format!("rate {r}")).await.map_err(|e| e.to_string())?);
+    }
     // Receipts by step: (step, latency µs).
     let receipts: Arc<std::sync::Mutex<Vec<(usize, u64)>>> = Arc::default();
     let mut tasks = Vec::new();
-    for i in 0..receivers {
+    for i in 0..codes.len() * receivers {
         let source = bench.next_source();
-        let mut ws = ws::connect(&endpoints[i % endpoints.len()], source, Some(&accounts[i % accounts.len()].cookie), false).await?.ws;
-        ws::request(&mut ws, &ClientFrame::Join { room: room.clone(), since: None }, 1).await?.map_err(|e| format!("receiver join: {}", e.code))?;
+        let cookie = &accounts[i % accounts.len()].cookie;
+        let mut ws = ws::connect(&endpoints[i % endpoints.len()], source, Some(cookie), false).await?.ws;
+        let room = codes[i % codes.len()].clone();
+        ws::request(&mut ws, &ClientFrame::Join { room, since: None }, 1).await?.map_err(|e| format!("receiver join: {}", e.code))?;
         let receipts = receipts.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(message)) = ws.next().await {
@@ -860,15 +869,17 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], receivers: usize, ste
         while senders.len() < want {
             let i = senders.len();
             let source = bench.next_source();
-            let mut ws = ws::connect(&endpoints[i % endpoints.len()], source, Some(&accounts[i % accounts.len()].cookie), false).await?.ws;
+            let cookie = &accounts[i % accounts.len()].cookie;
+            // Node and room both by `i`, so each room gets senders on every node.
+            let mut ws = ws::connect(&endpoints[i % endpoints.len()], source, Some(cookie), false).await?.ws;
+            let room = codes[(i / endpoints.len()) % codes.len()].clone();
             ws::request(&mut ws, &ClientFrame::Join { room: room.clone(), since: None }, 1).await?.map_err(|e| format!("sender join: {}", e.code))?;
-            senders.push(ws);
+            senders.push((ws, room));
         }
         let every = Duration::from_secs_f64(want as f64 / rate as f64);
         let started = Instant::now();
         let mut running = Vec::new();
-        for (i, mut ws) in senders.drain(..).enumerate() {
-            let room = room.clone();
+        for (i, (mut ws, room)) in senders.drain(..).enumerate() {
             running.push(tokio::spawn(async move {
                 let (mut acked, mut refused, mut sent) = (0usize, 0usize, 0usize);
                 // Senders start spread over one interval, not all at once.
@@ -878,8 +889,12 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], receivers: usize, ste
                 let until = tokio::time::Instant::now() + step;
                 let mut reference = 10i64;
                 loop {
+                    let sending = tokio::time::Instant::now() < until;
+                    if !sending && acked + refused >= sent {
+                        break;
+                    }
                     tokio::select! {
-                        _ = tick.tick(), if tokio::time::Instant::now() < until => {
+                        _ = tick.tick(), if sending => {
                             reference += 1;
                             let text = format!("{index}:{}", sys::mono_ns());
                             if ws::send(&mut ws, &ClientFrame::Send { room: room.clone(), text }, reference).await.is_err() {
@@ -887,12 +902,10 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], receivers: usize, ste
                             }
                             sent += 1;
                         }
+                        _ = tokio::time::sleep_until(until), if sending => {}
                         incoming = ws.next() => match incoming {
                             Some(Ok(Message::Text(t))) if t.as_str().starts_with(r#"{"type":"ack""#) => {
                                 if t.as_str().contains(r#""ok":true"#) { acked += 1 } else { refused += 1 }
-                                if tokio::time::Instant::now() >= until && acked + refused >= sent {
-                                    break;
-                                }
                             }
                             Some(Ok(_)) => {}
                             _ => break,
@@ -900,32 +913,31 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], receivers: usize, ste
                         _ = tokio::time::sleep_until(until + ws::PATIENCE) => break,
                     }
                 }
-                (ws, acked, refused)
+                ((ws, room), acked, refused)
             }));
         }
         let (mut acked, mut refused) = (0, 0);
         for task in running {
-            let (ws, a, r) = task.await.map_err(|e| e.to_string())?;
+            let (sender, a, r) = task.await.map_err(|e| e.to_string())?;
             acked += a;
             refused += r;
-            senders.push(ws);
+            senders.push(sender);
         }
         let elapsed = started.elapsed();
-        // Every acked message reaches every receiver (and the senders, not counted).
+        // Every acked message reaches every receiver of its room.
         let expected = acked * receivers;
         let deadline = Instant::now() + ws::PATIENCE;
-        let lat_us = loop {
+        let mut lat_us = loop {
             let got: Vec<u64> = receipts.lock().unwrap().iter().filter(|(s, _)| *s == index).map(|(_, l)| *l).collect();
             if got.len() >= expected || Instant::now() > deadline {
                 break got;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let mut lat_us = lat_us;
         lat_us.sort_unstable();
         eprintln!(
-            "room rate {rate}/s: {} senders, {acked} acked ({refused} refused) in {:.1} s, {}/{} delivered, p99 {} µs",
-            want,
+            "room rate {rate}/s: {want} senders over {} rooms, {acked} acked ({refused} refused) in {:.1} s, {}/{} delivered, p99 {} µs",
+            codes.len(),
             elapsed.as_secs_f64(),
             lat_us.len(),
             expected,
