@@ -155,3 +155,20 @@ async fn soak_pings_are_answered_and_nothing_drops() {
     assert!(report.ping_us.len() >= 100, "about 4 pings a socket, got {}", report.ping_us.len());
     assert!(report.rss_samples_kib.len() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_rate_delivers_every_acked_message_to_every_receiver_of_its_room() {
+    let server = start_server().await;
+    let mut bench = bench(&server, Layout::default());
+    let steps = scenarios::room_rate(&mut bench, &[40, 80], 3, 2, Duration::from_secs(1)).await.unwrap();
+    bench.shutdown().await;
+    assert_eq!(steps.len(), 2);
+    for s in &steps {
+        assert_eq!(s.refused, 0, "{s:?}");
+        assert!(s.acked >= s.offered / 2, "a second at {}/s acked {}", s.offered, s.acked);
+        // Three rooms of two receivers: each acked message reaches the two of its room.
+        assert_eq!(s.expected, s.acked * 2);
+        assert_eq!(s.delivered, s.expected, "{} of {}", s.delivered, s.expected);
+        assert_eq!(s.senders, s.offered.div_ceil(scenarios::SENDS_PER_SOCKET));
+    }
+}
