@@ -137,11 +137,16 @@ impl AppState {
         };
         let sessions = Arc::new(SessionCache::new(session_recheck));
         let on_invalidate: bus::InvalidationHook = {
-            let sessions = sessions.clone();
+            let (sessions, db, registry) = (sessions.clone(), db.clone(), registry.clone());
             Arc::new(move |stale: &bus::Invalidation| match stale {
                 bus::Invalidation::Session(id) => sessions.forget(id),
                 bus::Invalidation::User(id) => sessions.forget_user(id),
-                bus::Invalidation::All => sessions.forget_all(),
+                bus::Invalidation::All => {
+                    sessions.forget_all();
+                    // Logouts and role changes may have been missed too.
+                    let (db, registry) = (db.clone(), registry.clone());
+                    tokio::spawn(async move { auth::recheck_bound_sessions(&db, &registry).await });
+                }
             })
         };
         let bus: Arc<dyn bus::Bus> = match &db {

@@ -989,6 +989,22 @@ impl Registry {
             .collect()
     }
 
+    /// Each session a live socket here is bound through, with the user and
+    /// expiry the binding holds: what a recheck against the database compares.
+    pub fn bound_sessions(&self) -> Vec<(String, User, i64)> {
+        let ix = self.read();
+        let mut seen = BTreeSet::new();
+        let mut bound = Vec::new();
+        for entry in ix.sockets.values() {
+            if let Binding::User { user, session_id, expires_at } = &entry.binding {
+                if seen.insert(session_id.clone()) {
+                    bound.push((session_id.to_string(), user.clone(), *expires_at));
+                }
+            }
+        }
+        bound
+    }
+
     /// `sockets.changed` to this node's admins: another node's sockets changed.
     pub fn sockets_changed_elsewhere(&self) {
         self.read().tell_admins_sockets_changed();

@@ -132,7 +132,11 @@ async fn run(args: &Args, pin: bool, gen_cpu: usize, nofile: u64) -> Result<(), 
         None => {
             let bin = args.values.get("server-bin").map(PathBuf::from).unwrap_or_else(|| root.join("target/release/server"));
             // Several nodes share DATABASE_URL (a Postgres); all on the server CPU.
-            for _ in 0..args.count("nodes", 1)?.max(1) {
+            let nodes = args.count("nodes", 1)?.max(1);
+            if nodes > 1 && !std::env::var("DATABASE_URL").is_ok_and(|url| url.starts_with("postgres")) {
+                return Err("--nodes above 1 needs DATABASE_URL=postgres://... (BENCH_POSTGRES=1 scripts/bench ...)".into());
+            }
+            for _ in 0..nodes {
                 let mut process = ServerProcess::start(&bin, &root, pin.then_some(0)).map_err(|e| e.to_string())?;
                 process.wait_ready(Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
                 servers.push(process);
@@ -397,6 +401,7 @@ async fn scenario(args: &Args, bench: &mut Bench) -> Result<Vec<Row>, String> {
             let base_p99 = steps.first().map(|s| percentile(&s.lat_us, 99.0)).unwrap_or(0);
             let held = |s: &scenarios::RateStep| {
                 s.refused == 0
+                    && s.duplicates == 0
                     && s.delivered == s.expected
                     && s.acked_per_sec() >= 0.98 * s.offered as f64
                     && percentile(&s.lat_us, 99.0) <= base_p99 + 10_000
@@ -406,7 +411,7 @@ async fn scenario(args: &Args, bench: &mut Bench) -> Result<Vec<Row>, String> {
             let mut rows = Vec::new();
             for s in &steps {
                 let result = format!(
-                    "{:.0} msgs/s acked ({} refused) by {} senders; send → receipt p50 {:.2} / p99 {:.2} / max {:.2} ms; {}/{} delivered{}",
+                    "{:.0} msgs/s acked ({} refused) by {} senders; send → receipt p50 {:.2} / p99 {:.2} / max {:.2} ms; {}/{} delivered, {} twice{}",
                     s.acked_per_sec(),
                     s.refused,
                     s.senders,
@@ -415,6 +420,7 @@ async fn scenario(args: &Args, bench: &mut Bench) -> Result<Vec<Row>, String> {
                     ms(s.lat_us.last().copied().unwrap_or(0)),
                     s.delivered,
                     s.expected,
+                    s.duplicates,
                     if held(s) { "" } else { " (**not sustained**)" }
                 );
                 rows.push((

@@ -3,7 +3,7 @@
 //! returns a report that asserts nothing: callers check correctness (tests)
 //! or print a markdown row (the binary).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -805,7 +805,9 @@ pub struct RateStep {
     pub refused: usize,
     pub delivered: usize,
     pub expected: usize,
-    /// Send → receipt on every receiver, µs, sorted.
+    /// Receipts of a message a receiver had already received.
+    pub duplicates: usize,
+    /// Send → receipt on every receiver, µs, sorted (first receipts only).
     pub lat_us: Vec<u64>,
     pub elapsed: Duration,
 }
@@ -835,13 +837,14 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receive
         let owner = &accounts[r % accounts.len()].cookie;
         codes.push(http::create_room(endpoints[r % endpoints.len()].addr, owner, &format!("rate {r}")).await.map_err(|e| e.to_string())?);
     }
-    // Receipts by step: (step, latency µs).
-    let receipts: Arc<std::sync::Mutex<Vec<(usize, u64)>>> = Arc::default();
+    // First receipts by (step, receiver, sender, n) with their latency in µs; repeats counted.
+    let receipts: Arc<std::sync::Mutex<(HashMap<(usize, usize, usize, usize), u64>, usize)>> = Arc::default();
     let mut tasks = Vec::new();
     for i in 0..codes.len() * receivers {
         let source = bench.next_source();
         let cookie = &accounts[i % accounts.len()].cookie;
-        let mut ws = ws::connect(&endpoints[i % endpoints.len()], source, Some(cookie), false).await?.ws;
+        // Room by `i`, node by `i / rooms`: every room's receivers on every node.
+        let mut ws = ws::connect(&endpoints[(i / codes.len()) % endpoints.len()], source, Some(cookie), false).await?.ws;
         let room = codes[i % codes.len()].clone();
         ws::request(&mut ws, &ClientFrame::Join { room, since: None }, 1).await?.map_err(|e| format!("receiver join: {}", e.code))?;
         let receipts = receipts.clone();
@@ -853,9 +856,13 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receive
                 }
                 let now = sys::mono_ns();
                 if let Ok(tether_protocol::ServerFrame::Message(m)) = serde_json::from_str(text.as_str()) {
-                    if let Some((step, sent)) = m.text.split_once(':') {
-                        if let (Ok(step), Ok(sent)) = (step.parse::<usize>(), sent.parse::<u64>()) {
-                            receipts.lock().unwrap().push((step, now.saturating_sub(sent) / 1000));
+                    // "<step>:<sent ns>:<sender>:<n>"
+                    let parts: Vec<usize> = m.text.split(':').filter_map(|p| p.parse().ok()).collect();
+                    if let [step, sent, sender, n] = parts[..] {
+                        let mut receipts = receipts.lock().unwrap();
+                        let latency = now.saturating_sub(sent as u64) / 1000;
+                        if receipts.0.insert((step, i, sender, n), latency).is_some() {
+                            receipts.1 += 1;
                         }
                     }
                 }
@@ -881,7 +888,7 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receive
         let mut running = Vec::new();
         for (i, (mut ws, room)) in senders.drain(..).enumerate() {
             running.push(tokio::spawn(async move {
-                let (mut acked, mut refused, mut sent) = (0usize, 0usize, 0usize);
+                let (mut acked, mut refused, mut sent, mut broken) = (0usize, 0usize, 0usize, false);
                 // Senders start spread over one interval, not all at once.
                 let first = tokio::time::Instant::now() + every.mul_f64(i as f64 / want as f64);
                 let mut tick = tokio::time::interval_at(first, every);
@@ -896,8 +903,9 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receive
                     tokio::select! {
                         _ = tick.tick(), if sending => {
                             reference += 1;
-                            let text = format!("{index}:{}", sys::mono_ns());
+                            let text = format!("{index}:{}:{i}:{sent}", sys::mono_ns());
                             if ws::send(&mut ws, &ClientFrame::Send { room: room.clone(), text }, reference).await.is_err() {
+                                broken = true;
                                 break;
                             }
                             sent += 1;
@@ -908,12 +916,16 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receive
                                 if t.as_str().contains(r#""ok":true"#) { acked += 1 } else { refused += 1 }
                             }
                             Some(Ok(_)) => {}
-                            _ => break,
+                            _ => {
+                                broken = true;
+                                break;
+                            }
                         },
                         _ = tokio::time::sleep_until(until + ws::PATIENCE) => break,
                     }
                 }
-                ((ws, room), acked, refused)
+                // A broken sender is replaced at the next step, not reused.
+                ((!broken).then_some((ws, room)), acked, refused)
             }));
         }
         let (mut acked, mut refused) = (0, 0);
@@ -921,20 +933,23 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receive
             let (sender, a, r) = task.await.map_err(|e| e.to_string())?;
             acked += a;
             refused += r;
-            senders.push(sender);
+            senders.extend(sender);
         }
         let elapsed = started.elapsed();
         // Every acked message reaches every receiver of its room.
         let expected = acked * receivers;
         let deadline = Instant::now() + ws::PATIENCE;
         let mut lat_us = loop {
-            let got: Vec<u64> = receipts.lock().unwrap().iter().filter(|(s, _)| *s == index).map(|(_, l)| *l).collect();
+            let got: Vec<u64> =
+                receipts.lock().unwrap().0.iter().filter(|((s, ..), _)| *s == index).map(|(_, l)| *l).collect();
             if got.len() >= expected || Instant::now() > deadline {
                 break got;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         lat_us.sort_unstable();
+        // Late repeats too: counted after the wait, over the whole run so far.
+        let duplicates = std::mem::take(&mut receipts.lock().unwrap().1);
         eprintln!(
             "room rate {rate}/s: {want} senders over {} rooms, {acked} acked ({refused} refused) in {:.1} s, {}/{} delivered, p99 {} µs",
             codes.len(),
@@ -943,7 +958,7 @@ pub async fn room_rate(bench: &mut Bench, rates: &[usize], rooms: usize, receive
             expected,
             percentile(&lat_us, 99.0)
         );
-        steps.push(RateStep { offered: rate, senders: want, acked, refused, delivered: lat_us.len(), expected, lat_us, elapsed });
+        steps.push(RateStep { offered: rate, senders: want, acked, refused, delivered: lat_us.len(), expected, duplicates, lat_us, elapsed });
     }
     for task in tasks {
         task.abort();

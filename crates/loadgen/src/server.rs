@@ -55,6 +55,8 @@ impl ServerProcess {
             .env("TETHER_MAX_CONNECTIONS", "1000000")
             .env("TETHER_MAX_CONNECTIONS_PER_ADDRESS", "1000000")
             .env("TETHER_REGISTRATIONS_PER_MINUTE", "1000000")
+            .env("TETHER_ROOMS_PER_MINUTE_PER_ADDRESS", "1000000")
+            .env("TETHER_ROOMS_PER_MINUTE_PER_USER", "1000000")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -67,7 +69,8 @@ impl ServerProcess {
         };
         let line = format!(
             "{database}TETHER_DATA_DIR=<fresh tmp dir> LEPTOS_SITE_ADDR={addr} RUST_LOG=warn TETHER_MAX_CONNECTIONS=1000000 \
-             TETHER_MAX_CONNECTIONS_PER_ADDRESS=1000000 TETHER_REGISTRATIONS_PER_MINUTE=1000000 {}{shown_bin}",
+             TETHER_MAX_CONNECTIONS_PER_ADDRESS=1000000 TETHER_REGISTRATIONS_PER_MINUTE=1000000 \
+             TETHER_ROOMS_PER_MINUTE_PER_ADDRESS=1000000 TETHER_ROOMS_PER_MINUTE_PER_USER=1000000 {}{shown_bin}",
             cpu.map(|c| format!("taskset -c {c} ")).unwrap_or_default()
         );
         Ok(ServerProcess { pid: child.id(), child, data_dir, log, addr, command: line })

@@ -169,6 +169,7 @@ async fn room_rate_delivers_every_acked_message_to_every_receiver_of_its_room() 
         // Three rooms of two receivers: each acked message reaches the two of its room.
         assert_eq!(s.expected, s.acked * 2);
         assert_eq!(s.delivered, s.expected, "{} of {}", s.delivered, s.expected);
+        assert_eq!(s.duplicates, 0, "every message reaches each receiver once");
         assert_eq!(s.senders, s.offered.div_ceil(scenarios::SENDS_PER_SOCKET));
     }
 }

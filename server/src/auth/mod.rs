@@ -242,6 +242,28 @@ impl FromRequestParts<AppState> for CallerSockets {
 /// unbinds its sockets. The revocation is stored already, so a bus that
 /// cannot reach the other nodes is logged (they reread sessions within
 /// `session-recheck-secs`), not an error.
+/// Compares every session bound to a socket on this node with the database
+/// and applies what this node missed (its bus stopped listening for a while):
+/// a session no longer live is unbound (`expired` past its `exp`, else
+/// `logout`: the table does not say who revoked it), a changed user is
+/// rebound (`bound`). Errors (the database is down again) are logged; the
+/// next reconnect rechecks.
+pub async fn recheck_bound_sessions(db: &crate::db::Db, registry: &crate::registry::Registry) {
+    for (session_id, user, expires_at) in registry.bound_sessions() {
+        match store::live_session(db, &session_id).await {
+            Ok(Some(live)) if live.user != user => {
+                registry.update_user(&live.user);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let reason = if expires_at <= now_unix() { UnbindReason::Expired } else { UnbindReason::Logout };
+                registry.revoke_session(&session_id, expires_at, reason);
+            }
+            Err(e) => return tracing::warn!(error = %e, "could not recheck the bound sessions"),
+        }
+    }
+}
+
 pub async fn revoke_everywhere(state: &AppState, session_id: &str, expires_at: i64, reason: UnbindReason) {
     let delivery = Delivery::RevokeSession { session_id: session_id.into(), expires_at, reason };
     if let Err(e) = state.bus.publish(delivery).await {

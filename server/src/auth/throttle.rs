@@ -258,17 +258,19 @@ impl Throttle {
 /// How long until there is room under a limit again, in whole seconds (as
 /// [`LoginThrottle`] rounds): a row only when the key is over the limit.
 /// `$1` the key, `$2` the limit, `$3` the window in seconds.
-const ATTEMPTS_WAIT_SQL: &str = "SELECT FLOOR(EXTRACT(EPOCH FROM min(at) + make_interval(secs => $3) - now()))::BIGINT + 1
-     FROM (SELECT at FROM login_attempts WHERE address = $1 AND at > now() - make_interval(secs => $3)
+const ATTEMPTS_WAIT_SQL: &str = "SELECT FLOOR(EXTRACT(EPOCH FROM min(at) + make_interval(secs => $3) - clock_timestamp()))::BIGINT + 1
+     FROM (SELECT at FROM login_attempts WHERE address = $1 AND at > clock_timestamp() - make_interval(secs => $3)
            ORDER BY at DESC LIMIT $2) recent
      HAVING count(*) >= $2";
-const FAILURES_WAIT_SQL: &str = "SELECT FLOOR(EXTRACT(EPOCH FROM min(at) + make_interval(secs => $3) - now()))::BIGINT + 1
-     FROM (SELECT at FROM login_failures WHERE email = $1 AND at > now() - make_interval(secs => $3)
+const FAILURES_WAIT_SQL: &str = "SELECT FLOOR(EXTRACT(EPOCH FROM min(at) + make_interval(secs => $3) - clock_timestamp()))::BIGINT + 1
+     FROM (SELECT at FROM login_failures WHERE email = $1 AND at > clock_timestamp() - make_interval(secs => $3)
            ORDER BY at DESC LIMIT $2) recent
      HAVING count(*) >= $2";
 
 /// The same rules as [`LoginThrottle`], counted in `login_attempts` and
-/// `login_failures` (migration 0005) by every node, on the database's clock.
+/// `login_failures` (migration 0005) by every node, on the database's clock
+/// (`clock_timestamp()`: the time of the statement, not of a transaction that
+/// waited for the lock).
 /// An address's count and insert happen under a transaction-scoped advisory
 /// lock on it, so nodes racing on one address cannot both pass the limit.
 /// Rows out of their window are deleted every minute.
@@ -315,7 +317,7 @@ impl SharedThrottle {
         if let Some(wait) = wait {
             return Ok(Err(wait.max(1) as u64));
         }
-        sqlx::query("INSERT INTO login_attempts (address) VALUES ($1)").bind(&address).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO login_attempts (address, at) VALUES ($1, clock_timestamp())").bind(&address).execute(&mut *tx).await?;
         tx.commit().await?;
         let Some(key) = throttle_key(email) else { return Ok(Ok(())) };
         let wait: Option<i64> = sqlx::query_scalar(FAILURES_WAIT_SQL)
@@ -329,7 +331,7 @@ impl SharedThrottle {
 
     async fn failed(&self, email: &str) -> sqlx::Result<()> {
         let Some(key) = throttle_key(email) else { return Ok(()) };
-        sqlx::query("INSERT INTO login_failures (email) VALUES ($1)").bind(key).execute(&self.pool).await?;
+        sqlx::query("INSERT INTO login_failures (email, at) VALUES ($1, clock_timestamp())").bind(key).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -65,7 +65,8 @@ pub enum Delivery {
 pub enum Invalidation {
     Session(String),
     User(String),
-    /// Changes may have been missed (the bus reconnected): forget everything.
+    /// Changes may have been missed (the bus reconnected): forget everything,
+    /// and recheck every binding against the database.
     All,
 }
 

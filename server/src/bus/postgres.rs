@@ -13,7 +13,9 @@
 //!   its sockets missed, before anything newer. A message whose `seq` skips
 //!   past the last one this node delivered in its room is preceded by the
 //!   missing ones from the table; one it already delivered is dropped. So the
-//!   per-room order on a node never skips and never repeats.
+//!   per-room order on a node never skips and never repeats. A read that
+//!   fails (the database is down) is retried at every heartbeat until it
+//!   succeeds; the feature layer rechecks every bound socket's session.
 //! - **Stale presence after a node dies**: nodes heartbeat in `nodes` every
 //!   [`HEARTBEAT`]; a node silent for [`NODE_TIMEOUT`] counts as gone, and a
 //!   node that stops normally deletes its row at once.
@@ -98,8 +100,17 @@ struct Inner {
     /// This node's part of presence in the table may be wrong (a write
     /// failed, or another node took this one for dead): rewrite it whole.
     presence_stale: AtomicBool,
-    /// The node is stopping: its presence is no longer shared.
+    /// The node is stopping: its presence is no longer shared, its heartbeat stops.
     stopping: AtomicBool,
+    /// This node's view of the other nodes' presence may have missed a change
+    /// (a read failed): reread it at the next heartbeat.
+    remote_presence_stale: AtomicBool,
+    /// A room's messages may have a gap here (a replay or a stored body could
+    /// not be read): replay every room at the next heartbeat.
+    messages_stale: AtomicBool,
+    /// One applier at a time: the listener's notifications, and the
+    /// heartbeat's repairs, so a reread or replay never interleaves with them.
+    applying: tokio::sync::Mutex<()>,
 }
 
 pub struct PgBus {
@@ -119,6 +130,9 @@ impl PgBus {
             delivered: Mutex::default(),
             presence_stale: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            remote_presence_stale: AtomicBool::new(false),
+            messages_stale: AtomicBool::new(false),
+            applying: tokio::sync::Mutex::new(()),
         });
         inner.heartbeat().await?;
         let listener = subscribe(&inner.pool).await?;
@@ -130,12 +144,18 @@ impl PgBus {
             loop {
                 tick.tick().await;
                 let Some(inner) = beating.upgrade() else { return };
+                // Deregistered: a heartbeat now would bring the node back.
+                if inner.stopping.load(Ordering::Acquire) {
+                    return;
+                }
                 if let Err(e) = inner.heartbeat().await {
                     tracing::warn!(error = %e, "cluster heartbeat failed");
                 }
+                let _applying = inner.applying.lock().await;
                 if let Err(e) = inner.drop_dead_nodes().await {
                     tracing::warn!(error = %e, "cluster: could not check for dead nodes");
                 }
+                inner.repair().await;
             }
         });
         Ok(PgBus { inner })
@@ -181,7 +201,12 @@ impl Inner {
             (Some(body), _) => body,
             (None, Some(id)) => match self.stored_body(id).await {
                 Some(body) => body,
-                None => return,
+                // Whatever it was, repair both kinds of state it could have changed.
+                None => {
+                    self.remote_presence_stale.store(true, Ordering::Release);
+                    self.messages_stale.store(true, Ordering::Release);
+                    return;
+                }
             },
             (None, None) => return,
         };
@@ -220,6 +245,7 @@ impl Inner {
             Body::PresenceReset => {
                 if let Err(e) = self.load_presence(Some(&envelope.origin)).await {
                     tracing::warn!(error = %e, node = %envelope.origin, "cluster: could not read a node's presence");
+                    self.remote_presence_stale.store(true, Ordering::Release);
                 }
                 self.registry.sockets_changed_elsewhere();
             }
@@ -279,8 +305,10 @@ impl Inner {
             notify_on(&mut tx, &self.envelope(Body::NodeGone { node })).await?;
         }
         tx.commit().await?;
+        // Known before the query: a node that joins meanwhile is not taken for gone.
+        let known = self.registry.remote_nodes();
         let live: BTreeSet<String> = self.live_nodes().await?.into_iter().collect();
-        let gone: Vec<String> = self.registry.remote_nodes().into_iter().filter(|node| !live.contains(node)).collect();
+        let gone: Vec<String> = known.into_iter().filter(|node| !live.contains(node)).collect();
         for node in &gone {
             self.registry.replace_remote_presence(node, &[]);
         }
@@ -363,11 +391,18 @@ impl Inner {
 
     /// Delivers a room message after any this node missed before it; drops
     /// one it delivered already (a replay got there first).
+    /// When the gap cannot be read now, neither is this message delivered:
+    /// the next heartbeat replays the room from its last delivered `seq`.
     async fn deliver_in_order(&self, message: ChatMessage) {
         let last = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&message.room).copied();
         match last {
             Some(last) if message.seq <= last => return,
-            Some(last) if message.seq > last + 1 => self.replay(&message.room, last, message.seq).await,
+            Some(last) if message.seq > last + 1 => {
+                if !self.replay(&message.room, last, message.seq).await {
+                    self.messages_stale.store(true, Ordering::Release);
+                    return;
+                }
+            }
             _ => {}
         }
         self.deliver(message);
@@ -379,25 +414,41 @@ impl Inner {
         apply(&self.registry, &self.on_invalidate, &delivery);
     }
 
-    /// Delivers a room's stored messages with `after < seq < before`, in order.
-    async fn replay(&self, room: &str, after: i64, before: i64) {
+    /// Delivers a room's stored messages with `after < seq < before`, in
+    /// order. False when the table could not be read (some may be delivered).
+    async fn replay(&self, room: &str, after: i64, before: i64) -> bool {
         let mut after = after;
         loop {
             match store::oldest_page(&Db::Postgres(self.pool.clone()), room, after, before, REPLAY_PAGE).await {
                 Ok(page) => {
-                    let Some(newest) = page.last().map(|m| m.seq) else { return };
+                    let Some(newest) = page.last().map(|m| m.seq) else { return true };
                     let full = page.len() as i64 == REPLAY_PAGE;
                     for message in page {
                         self.deliver(message);
                     }
                     if !full {
-                        return;
+                        return true;
                     }
                     after = newest;
                 }
-                Err(e) => return tracing::warn!(error = %e, room, "cluster: could not replay missed messages"),
+                Err(e) => {
+                    tracing::warn!(error = %e, room, "cluster: could not replay missed messages");
+                    return false;
+                }
             }
         }
+    }
+
+    /// Every room with sockets here gets the messages it missed, from the
+    /// newest it delivered (or its sockets' oldest floor). False when a room
+    /// could not be read.
+    async fn replay_missed(&self) -> bool {
+        let mut all = true;
+        for (room, floor) in self.registry.room_floors() {
+            let after = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&room).copied().unwrap_or(floor);
+            all &= self.replay(&room, after, i64::MAX).await;
+        }
+        all
     }
 
     /// After a reconnect: the other nodes' presence is read again, and every
@@ -405,10 +456,24 @@ impl Inner {
     async fn resync(&self) {
         if let Err(e) = self.load_presence(None).await {
             tracing::warn!(error = %e, "cluster: could not read the other nodes' presence");
+            self.remote_presence_stale.store(true, Ordering::Release);
         }
-        for (room, floor) in self.registry.room_floors() {
-            let after = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).get(&room).copied().unwrap_or(floor);
-            self.replay(&room, after, i64::MAX).await;
+        if !self.replay_missed().await {
+            self.messages_stale.store(true, Ordering::Release);
+        }
+    }
+
+    /// At each heartbeat (with `applying` held): rereads what a failed read
+    /// may have missed, until it succeeds.
+    async fn repair(&self) {
+        if self.remote_presence_stale.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.load_presence(None).await {
+                tracing::warn!(error = %e, "cluster: could not reread the other nodes' presence");
+                self.remote_presence_stale.store(true, Ordering::Release);
+            }
+        }
+        if self.messages_stale.swap(false, Ordering::AcqRel) && !self.replay_missed().await {
+            self.messages_stale.store(true, Ordering::Release);
         }
     }
 
@@ -480,10 +545,12 @@ async fn listen(inner: Arc<Inner>, mut listener: PgListener) {
     // Subscribed first, so no change made after this read is missed.
     if let Err(e) = inner.load_presence(None).await {
         tracing::warn!(error = %e, "cluster: could not read the other nodes' presence");
+        inner.remote_presence_stale.store(true, Ordering::Release);
     }
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
+                let _applying = inner.applying.lock().await;
                 inner.receive(notification.payload()).await;
                 continue;
             }
@@ -500,7 +567,9 @@ async fn listen(inner: Arc<Inner>, mut listener: PgListener) {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         };
-        // Changes made while nobody listened: drop the caches again, fill the rooms' gaps.
+        // Changes made while nobody listened: drop the caches again (the
+        // feature layer rechecks its bound sockets), fill the rooms' gaps.
+        let _applying = inner.applying.lock().await;
         (inner.on_invalidate)(&Invalidation::All);
         inner.resync().await;
     }
