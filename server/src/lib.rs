@@ -161,6 +161,10 @@ impl AppState {
             db::Db::Sqlite(_) => Throttle::Local(LoginThrottle::default()),
             db::Db::Postgres(pool) => Throttle::Shared(SharedThrottle::new(pool.clone())),
         });
+        let rate_limits = Arc::new(match &db {
+            db::Db::Sqlite(_) => RateLimits::new(&settings.limits),
+            db::Db::Postgres(pool) => RateLimits::shared(&settings.limits, pool.clone()),
+        });
         Ok(AppState {
             db,
             keys: Arc::new(Keys::new(&secret)),
@@ -169,7 +173,7 @@ impl AppState {
             socket_timeouts: ws::SocketTimeouts::from_limits(&settings.limits),
             throttle,
             sessions,
-            rate_limits: Arc::new(RateLimits::new(&settings.limits)),
+            rate_limits,
             connections: Arc::new(ConnectionLimits::new(&settings)),
             decoy_hash: decoy_hash.into(),
             leptos: settings.leptos.clone(),

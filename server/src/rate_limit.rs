@@ -1,7 +1,10 @@
 //! Request rate limits for registration and room creation (PROTOCOL.md v2:
-//! 429 `rate_limited` with `Retry-After`), as keyed GCRA limiters from the
-//! `governor` crate. Login has its own throttle ([`crate::auth::throttle`]),
-//! since its per-email rule counts failures, not requests.
+//! 429 `rate_limited` with `Retry-After`), as keyed GCRA limiters: from the
+//! `governor` crate in memory on one node, and the same algorithm in one SQL
+//! statement ([`SharedLimit`], table `rate_limits`) when nodes share a
+//! Postgres, so N nodes allow the contract's rate, not N times it. Login has
+//! its own throttle ([`crate::auth::throttle`]), since its per-email rule
+//! counts failures, not requests.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -10,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sqlx::PgPool;
 
 use crate::config::Limits;
 use crate::error::ApiError;
@@ -54,38 +58,126 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 }
 
-/// The rate limits of the state-changing requests other than login.
+/// GCRA as [`KeyedLimit`] computes it (`per_minute` a minute, a burst of as
+/// many: emission interval T = 60 s / per_minute, a request is let through
+/// while max(tat, now) + T - now <= 60 s, and moves tat there), in one
+/// statement on the database's clock. $1 kind, $2 key, $3 T in seconds.
+/// A row back: let through.
+const GCRA_SQL: &str = "INSERT INTO rate_limits (kind, key, tat) VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))
+     ON CONFLICT (kind, key) DO UPDATE SET tat = GREATEST(rate_limits.tat, clock_timestamp()) + make_interval(secs => $3)
+     WHERE GREATEST(rate_limits.tat, clock_timestamp()) + make_interval(secs => $3) - clock_timestamp() <= interval '60 seconds'
+     RETURNING 1";
+/// Seconds until a refused key may ask again: max(tat, now) + T - 60 s - now.
+const GCRA_WAIT_SQL: &str = "SELECT EXTRACT(EPOCH FROM GREATEST(tat, clock_timestamp()) + make_interval(secs => $3)
+         - interval '60 seconds' - clock_timestamp())::float8
+     FROM rate_limits WHERE kind = $1 AND key = $2";
+
+/// One limit kept in Postgres for every node: the same rule as [`KeyedLimit`].
+pub struct SharedLimit {
+    pool: PgPool,
+    kind: &'static str,
+    /// The emission interval, seconds.
+    interval_secs: f64,
+}
+
+impl SharedLimit {
+    fn per_minute(pool: PgPool, kind: &'static str, per_minute: NonZeroU32) -> SharedLimit {
+        SharedLimit { pool, kind, interval_secs: 60.0 / f64::from(per_minute.get()) }
+    }
+
+    async fn check(&self, key: &str) -> Result<(), ApiError> {
+        if self.query::<i32>(GCRA_SQL, key).await?.is_some() {
+            return Ok(());
+        }
+        let wait = self.query::<f64>(GCRA_WAIT_SQL, key).await?;
+        Err(ApiError::RateLimited { retry_after_secs: wait.unwrap_or(1.0).ceil().max(1.0) as u64 })
+    }
+
+    /// Runs one of the GCRA statements for `key`.
+    async fn query<T>(&self, sql: &'static str, key: &str) -> sqlx::Result<Option<T>>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        sqlx::query_scalar(sql).bind(self.kind).bind(key).bind(self.interval_secs).fetch_optional(&self.pool).await
+    }
+}
+
+/// Where the limits are counted.
+enum Counted {
+    Here { registrations_by_address: KeyedLimit<IpAddr>, rooms_by_user: KeyedLimit<String>, rooms_by_address: KeyedLimit<IpAddr> },
+    Shared { registrations_by_address: SharedLimit, rooms_by_user: SharedLimit, rooms_by_address: SharedLimit },
+}
+
+/// The rate limits of the state-changing requests other than login:
+/// `POST /api/auth/register` per client address (`registrations-per-minute`),
+/// `POST /api/rooms` per user id (`rooms-per-minute-per-user`) and per client
+/// address (`rooms-per-minute-per-address`).
 pub struct RateLimits {
-    /// `POST /api/auth/register` per client address (`registrations-per-minute`).
-    pub registrations_by_address: KeyedLimit<IpAddr>,
-    /// `POST /api/rooms` per user id (`rooms-per-minute-per-user`).
-    pub rooms_by_user: KeyedLimit<String>,
-    /// `POST /api/rooms` per client address (`rooms-per-minute-per-address`).
-    pub rooms_by_address: KeyedLimit<IpAddr>,
+    counted: Counted,
 }
 
 impl RateLimits {
+    /// Counted in this process (one node).
     pub fn new(limits: &Limits) -> RateLimits {
         RateLimits {
-            registrations_by_address: KeyedLimit::per_minute(limits.registrations_per_minute),
-            rooms_by_user: KeyedLimit::per_minute(limits.rooms_per_minute_per_user),
-            rooms_by_address: KeyedLimit::per_minute(limits.rooms_per_minute_per_address),
+            counted: Counted::Here {
+                registrations_by_address: KeyedLimit::per_minute(limits.registrations_per_minute),
+                rooms_by_user: KeyedLimit::per_minute(limits.rooms_per_minute_per_user),
+                rooms_by_address: KeyedLimit::per_minute(limits.rooms_per_minute_per_address),
+            },
+        }
+    }
+
+    /// Counted in Postgres for every node sharing it; also starts the task
+    /// that deletes fully replenished rows every minute.
+    pub fn shared(limits: &Limits, pool: PgPool) -> RateLimits {
+        let sweeping = pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = sqlx::query("DELETE FROM rate_limits WHERE tat < clock_timestamp()").execute(&sweeping).await {
+                    tracing::warn!(error = %e, "rate limits: could not delete replenished rows");
+                }
+            }
+        });
+        let limit = |kind, per_minute| SharedLimit::per_minute(pool.clone(), kind, per_minute);
+        RateLimits {
+            counted: Counted::Shared {
+                registrations_by_address: limit("registrations_by_address", limits.registrations_per_minute),
+                rooms_by_user: limit("rooms_by_user", limits.rooms_per_minute_per_user),
+                rooms_by_address: limit("rooms_by_address", limits.rooms_per_minute_per_address),
+            },
         }
     }
 
     /// One registration from `address` (an IPv6 one counts as its /64);
-    /// 429 `rate_limited` past its rate.
-    pub fn register(&self, address: IpAddr) -> Result<(), ApiError> {
-        self.registrations_by_address.check(&client_key(address))
+    /// 429 `rate_limited` past its rate (503 `unavailable` when shared and
+    /// the database is down).
+    pub async fn register(&self, address: IpAddr) -> Result<(), ApiError> {
+        let address = client_key(address);
+        match &self.counted {
+            Counted::Here { registrations_by_address, .. } => registrations_by_address.check(&address),
+            Counted::Shared { registrations_by_address, .. } => registrations_by_address.check(&address.to_string()).await,
+        }
     }
 
     /// One room creation by `user_id` from `address` (an IPv6 one counts as its /64); 429 `rate_limited` when
     /// either is past its rate. Every request counts against both, refused
     /// ones included (as with registration).
-    pub fn create_room(&self, user_id: &str, address: IpAddr) -> Result<(), ApiError> {
-        let by_user = self.rooms_by_user.check(&user_id.to_string());
-        let by_address = self.rooms_by_address.check(&client_key(address));
-        by_user.and(by_address)
+    pub async fn create_room(&self, user_id: &str, address: IpAddr) -> Result<(), ApiError> {
+        let address = client_key(address);
+        match &self.counted {
+            Counted::Here { rooms_by_user, rooms_by_address, .. } => {
+                let by_user = rooms_by_user.check(&user_id.to_string());
+                by_user.and(rooms_by_address.check(&address))
+            }
+            Counted::Shared { rooms_by_user, rooms_by_address, .. } => {
+                let by_user = rooms_by_user.check(user_id).await;
+                let by_address = rooms_by_address.check(&address.to_string()).await;
+                by_user.and(by_address)
+            }
+        }
     }
 }
 

@@ -289,6 +289,28 @@ async fn login_throttling_counts_across_nodes() {
     }
 }
 
+#[tokio::test]
+async fn registration_and_room_limits_count_across_nodes() {
+    let cluster = nodes(3, &[("TETHER_REGISTRATIONS_PER_MINUTE", "3"), ("TETHER_ROOMS_PER_MINUTE_PER_USER", "2")]).await;
+    // One registration a node uses up the address's three...
+    let mut cookies = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        cookies.push(node.register(&format!("user{i}@x.io")).await);
+    }
+    // ...so a fourth is refused on every node.
+    for node in &cluster.nodes {
+        let body = json!({"email": "late@x.io", "name": "Late", "password": PASSWORD});
+        let (status, head, body) = post(node, "/api/auth/register", body, None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+        assert!(head.to_ascii_lowercase().contains("retry-after: "), "{head}");
+    }
+    // Two rooms a minute per user: one on A and one on B, then C refuses the third.
+    create_room(&cluster[0], &cookies[0], "one").await;
+    create_room(&cluster[1], &cookies[0], "two").await;
+    let (status, _, body) = post(&cluster[2], "/api/rooms", json!({"name": "three"}), Some(&cookies[0])).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+}
+
 /// The admin view's sockets, by node.
 async fn sockets_by_node(node: &ServerProcess, admin: &str) -> Vec<(String, String)> {
     let (status, body) = get(node, "/api/admin/sockets", Some(admin)).await;

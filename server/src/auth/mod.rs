@@ -130,7 +130,7 @@ pub async fn register(
     jar: CookieJar,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    state.rate_limits.register(ip)?;
+    state.rate_limits.register(ip).await?;
     let email = body.email.trim();
     let name = body.name.trim();
     if !valid_email(email) {

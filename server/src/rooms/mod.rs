@@ -34,7 +34,7 @@ async fn create(
     crate::extract::ClientIp(ip): crate::extract::ClientIp,
     ApiJson(body): ApiJson<CreateRoomRequest>,
 ) -> ApiResult<(StatusCode, Json<RoomResponse>)> {
-    state.rate_limits.create_room(&session.user.id, ip)?;
+    state.rate_limits.create_room(&session.user.id, ip).await?;
     let name = body.name.trim();
     let chars = name.chars().count();
     if !(1..=MAX_ROOM_NAME_CHARS).contains(&chars) || name.chars().any(char::is_control) {
