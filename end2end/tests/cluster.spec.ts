@@ -104,9 +104,7 @@ test.describe('two nodes on one Postgres', () => {
     await waitOnlineAs(bob, bobAccount.name);
 
     for (const page of [ann, bob]) {
-      await expect(presence(page)).toHaveCount(2);
-      await expect(presence(page).filter({ hasText: annAccount.name })).toHaveCount(1);
-      await expect(presence(page).filter({ hasText: bobAccount.name })).toHaveCount(1);
+      await expectMembers(page, [annAccount.name, bobAccount.name]);
     }
     await send(ann, 'hello from node A');
     await expectMessage(bob, annAccount.name, 'hello from node A');

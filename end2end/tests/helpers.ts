@@ -114,6 +114,14 @@ export const headerLink = (page: Page, name: string): Locator =>
 export const messages = (page: Page): Locator => page.getByTestId('message');
 export const presence = (page: Page): Locator => page.getByTestId('presence').locator('li');
 
+/** The room's member list shows exactly these names, each once. */
+export async function expectMembers(page: Page, names: string[]): Promise<void> {
+  await expect(presence(page)).toHaveCount(names.length);
+  for (const name of names) {
+    await expect(presence(page).filter({ hasText: name })).toHaveCount(1);
+  }
+}
+
 /** The message with this text, which must come from `from`. */
 export async function expectMessage(page: Page, from: string, text: string): Promise<void> {
   const item = messages(page).filter({ has: page.locator('.text', { hasText: text }) });

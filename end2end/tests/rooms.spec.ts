@@ -2,6 +2,7 @@
 // presence, guests reading along and logging in without leaving the room.
 import { expect, test, type Browser, type BrowserContext } from '@playwright/test';
 import {
+  expectMembers,
   expectMessage,
   logEntries,
   messages,
@@ -88,9 +89,7 @@ test.describe('rooms', () => {
     await expect(bob.getByRole('heading', { level: 1 })).toContainText(roomName);
 
     for (const page of [alice, bob]) {
-      await expect(presence(page)).toHaveCount(2);
-      await expect(presence(page).filter({ hasText: aliceAccount.name })).toHaveCount(1);
-      await expect(presence(page).filter({ hasText: bobAccount.name })).toHaveCount(1);
+      await expectMembers(page, [aliceAccount.name, bobAccount.name]);
     }
 
     // --- they chat; the server stamps the sender ----------------------------------------

@@ -419,7 +419,7 @@ impl Inner {
     async fn replay(&self, room: &str, after: i64, before: i64) -> bool {
         let mut after = after;
         loop {
-            match store::oldest_page(&Db::Postgres(self.pool.clone()), room, after, before, REPLAY_PAGE).await {
+            match store::page(&Db::Postgres(self.pool.clone()), room, after, before, REPLAY_PAGE, store::Keep::Oldest).await {
                 Ok(page) => {
                     let Some(newest) = page.last().map(|m| m.seq) else { return true };
                     let full = page.len() as i64 == REPLAY_PAGE;

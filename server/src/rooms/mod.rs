@@ -64,7 +64,7 @@ pub async fn join(
         let (history, truncated) = match since {
             None => (store::history(&state.db, code).await?, false),
             Some(since) => {
-                let mut missed = store::page(&state.db, code, since, i64::MAX, MAX_RESUME_LEN + 1).await?;
+                let mut missed = store::page(&state.db, code, since, i64::MAX, MAX_RESUME_LEN + 1, store::Keep::Newest).await?;
                 let truncated = missed.len() as i64 > MAX_RESUME_LEN;
                 if truncated {
                     missed.remove(0);
@@ -112,7 +112,7 @@ pub async fn history(
     if !state.registry.is_in_room(id, code) {
         return Err(not_in_room());
     }
-    let history = store::page(&state.db, code, 0, before, limit).await?;
+    let history = store::page(&state.db, code, 0, before, limit, store::Keep::Newest).await?;
     Ok(to_fields(&HistoryAck { history }))
 }
 

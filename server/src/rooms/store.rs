@@ -117,11 +117,25 @@ fn messages(room: &str, rows: Vec<MessageRow>) -> Vec<ChatMessage> {
 
 const COLUMNS: &str = "id, seq, sender_id, sender_name, text, created_at";
 
-/// The newest `limit` messages with `seq` in `after < seq < before`, oldest first.
-pub async fn page(db: &Db, room: &str, after: i64, before: i64, limit: i64) -> sqlx::Result<Vec<ChatMessage>> {
+/// Which end of a range a page keeps when the range holds more than its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The newest messages (history, resume, "load older").
+    Newest,
+    /// The oldest (a node filling a gap in what it delivered, in order).
+    Oldest,
+}
+
+/// `limit` messages with `seq` in `after < seq < before`, oldest first: the
+/// newest or the oldest of the range, as `keep` says.
+pub async fn page(db: &Db, room: &str, after: i64, before: i64, limit: i64, keep: Keep) -> sqlx::Result<Vec<ChatMessage>> {
+    let order = match keep {
+        Keep::Newest => "DESC",
+        Keep::Oldest => "ASC",
+    };
     with_pool!(db, |pool| {
         let rows: Vec<MessageRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM messages WHERE room_code = $1 AND seq > $2 AND seq < $3 ORDER BY seq DESC LIMIT $4"
+            "SELECT {COLUMNS} FROM messages WHERE room_code = $1 AND seq > $2 AND seq < $3 ORDER BY seq {order} LIMIT $4"
         ))
         .bind(room)
         .bind(after)
@@ -130,29 +144,14 @@ pub async fn page(db: &Db, room: &str, after: i64, before: i64, limit: i64) -> s
         .fetch_all(pool)
         .await?;
         let mut page = messages(room, rows);
-        page.reverse();
+        if keep == Keep::Newest {
+            page.reverse();
+        }
         Ok(page)
-    })
-}
-
-/// The oldest `limit` messages with `seq` in `after < seq < before`, oldest first
-/// (a node filling a gap in what it delivered).
-pub async fn oldest_page(db: &Db, room: &str, after: i64, before: i64, limit: i64) -> sqlx::Result<Vec<ChatMessage>> {
-    with_pool!(db, |pool| {
-        let rows: Vec<MessageRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM messages WHERE room_code = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT $4"
-        ))
-        .bind(room)
-        .bind(after)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-        Ok(messages(room, rows))
     })
 }
 
 /// The last [`HISTORY_LEN`] messages of a room, oldest first.
 pub async fn history(db: &Db, room: &str) -> sqlx::Result<Vec<ChatMessage>> {
-    page(db, room, 0, i64::MAX, HISTORY_LEN).await
+    page(db, room, 0, i64::MAX, HISTORY_LEN, Keep::Newest).await
 }
