@@ -6,6 +6,7 @@ import { expect, test, type Browser, type BrowserContext } from '@playwright/tes
 import { ServerProcess } from './server-process';
 import {
   type Account,
+  expectMembers,
   expectMessage,
   logEntries,
   newAccount,
